@@ -384,7 +384,7 @@ mod tests {
         let r = w.with_state(TaskState::Idle);
         assert_eq!(r.bits(), (w.bits() & !0xff) | UMCG_TASK_IDLE);
         assert_eq!(
-            format!("{:?}", StateWord(0x0100_0302)),
+            format!("{:?}", StateWord(0x0100_0202)),
             "Idle|PREEMPTED|user(0x1000000)"
         );
     }
