@@ -25,7 +25,7 @@
 pub mod consts;
 pub mod idle_servers;
 pub mod idle_workers;
-mod sync;
+pub mod sync;
 pub mod task;
 pub mod v0_9;
 

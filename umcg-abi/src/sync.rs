@@ -1,4 +1,5 @@
-//! The one place that names atomics: std's, or loom's under `cfg(umcg_loom)`.
+//! The one place that names atomics: std's, or loom's under `cfg(umcg_loom)`. Public so that
+//! `umcg-runtime` uses the very same types (its futex wrapper takes these `AtomicU32`s).
 //!
 //! Every other module imports `crate::sync::*`, so a loom build model-checks exactly the code
 //! that ships. Loom atomics are handles, not values (a loom `AtomicU32` is not four bytes), so
