@@ -171,7 +171,7 @@ impl Node {
     pub fn is_well_formed(addr: u64) -> bool {
         addr != 0
             && addr >= NODE_OFFSET as u64
-            && (addr - NODE_OFFSET as u64) % core::mem::align_of::<UmcgTask>() as u64 == 0
+            && (addr - NODE_OFFSET as u64).is_multiple_of(core::mem::align_of::<UmcgTask>() as u64)
     }
 
     /// The server task this node belongs to.
@@ -639,7 +639,7 @@ pub unsafe fn pop_raw(head_addr: u64, bound: usize, valid: impl Fn(u64) -> bool)
     if head_addr == 0 {
         return Pop::Corrupt(Corruption::NullHead);
     }
-    if head_addr % 8 != 0 {
+    if !head_addr.is_multiple_of(8) {
         return Pop::Corrupt(Corruption::MisalignedHead(head_addr));
     }
     // SAFETY: non-zero and aligned: a live head word per the caller's contract.
@@ -696,6 +696,8 @@ pub unsafe fn pop_raw(head_addr: u64, bound: usize, valid: impl Fn(u64) -> bool)
 mod tests {
     use super::*;
 
+    /// Boxed: each task must keep its address (nodes are field addresses).
+    #[allow(clippy::vec_box)]
     fn servers(n: usize) -> Vec<Box<UmcgTask>> {
         (0..n).map(|_| Box::new(UmcgTask::new_server())).collect()
     }

@@ -283,7 +283,9 @@ impl StateMachineTest for Real {
         assert_eq!(real.walk(), model.list, "list contents");
         let head = real.list.head_addr();
         for (i, t) in real.servers.iter().enumerate() {
-            let link = t.idle_servers_ptr.load(std::sync::atomic::Ordering::Acquire);
+            let link = t
+                .idle_servers_ptr
+                .load(std::sync::atomic::Ordering::Acquire);
             match model.place[i] {
                 Where::Reset => assert_eq!(link, head, "node {i} should be reset"),
                 Where::Detached => assert_ne!(link & DELETED, 0, "node {i} should be deleted"),

@@ -24,6 +24,8 @@ const BOUND: usize = 4 * SERVERS;
 
 struct World {
     list: IdleServerList,
+    /// Boxed so that each task keeps its address (node addresses are field addresses).
+    #[allow(clippy::vec_box)]
     servers: Vec<Box<UmcgTask>>,
     /// Set by the popper that claimed the server, cleared by its owner.
     claimed: Vec<AtomicBool>,
@@ -157,22 +159,28 @@ fn pushers_poppers_and_a_collector() {
         })
     };
 
-    let mut ok = owners.into_iter().map(|o| o.join().is_ok()).all(|x| x);
+    // Join every thread (no short-circuit), then fail if any panicked.
+    let mut ok = true;
+    for o in owners {
+        ok &= o.join().is_ok();
+    }
     w.stop.store(true, Ordering::Release);
-    ok &= poppers.into_iter().map(|p| p.join().is_ok()).all(|x| x);
+    for p in poppers {
+        ok &= p.join().is_ok();
+    }
     ok &= collector.join().is_ok();
     assert!(ok, "a thread panicked (see above)");
 
     // Drain: live nodes are claimed by pop_all; nodes popped at the very end are already
     // counted as claims.
-    let mut extra = vec![0usize; SERVERS];
+    let mut extra = [0usize; SERVERS];
     w.list
         .pop_all(|t| extra[w.index(Node::of(t))] += 1)
         .expect("pop_all");
     let mut total = 0;
-    for i in 0..SERVERS {
+    for (i, extra) in extra.iter().enumerate() {
         let pushes = w.pushes[i].load(Ordering::SeqCst);
-        let claims = w.claims[i].load(Ordering::SeqCst) + extra[i];
+        let claims = w.claims[i].load(Ordering::SeqCst) + extra;
         assert_eq!(pushes, PUSHES_PER_SERVER, "server {i} did not finish");
         assert_eq!(
             claims, pushes,
