@@ -1,7 +1,9 @@
 //! The UMCG kernel interface (Generation A, v0.3) emulated in user space on futex and
 //! eventfd, its C ABI, and an M:N threading library built on it.
 //!
-//! Status: the system-call layer (`sys`) is being built; the emulated kernel, C ABI and M:N
-//! library follow (issues 3 and 4).
+//! - [`kernel`]: the emulated system calls (`umcg_ctl`, `umcg_wait`) and the block and wake
+//!   hooks, with v0.4+ timeouts, eventfd idle wakeup and same-CPU placement as extensions.
+//! - [`sys`]: the only module that makes system calls.
 
+pub mod kernel;
 pub mod sys;

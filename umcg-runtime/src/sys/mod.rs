@@ -44,4 +44,7 @@ pub use futex::{futex_wait, futex_wake};
 #[cfg(umcg_loom)]
 pub use model::{futex_wait, futex_wake};
 pub use probe::probe_readable;
-pub use thread::{allowed_cpus, current_cpu, gettid, nr_cpu_ids, pin_to_cpu, tgkill, thread_alive};
+pub use thread::{
+    allowed_cpus, current_cpu, gettid, nr_cpu_ids, pin_thread_to_cpu, pin_to_cpu, tgkill,
+    thread_alive,
+};

@@ -58,6 +58,17 @@ pub fn pin_to_cpu(cpu: usize) -> Result<(), Errno> {
     sched_setaffinity(Pid::from_raw(0), &set)
 }
 
+/// Restrict thread `tid` of this process to CPU `cpu` (the wakee side of the emulated
+/// `WF_CURRENT_CPU`: pinning before the wake makes the kernel place it there).
+/// `sched_setaffinity(tid, sizeof(cpu_set_t), {cpu})`; man sched_setaffinity(2).
+/// `ESRCH` if the thread is gone, `EINVAL` if `cpu` is not allowed.
+pub fn pin_thread_to_cpu(tid: u32, cpu: usize) -> Result<(), Errno> {
+    let mut set = CpuSet::new();
+    set.set(cpu)?;
+    let tid = i32::try_from(tid).map_err(|_| Errno::ESRCH)?;
+    sched_setaffinity(Pid::from_raw(tid), &set)
+}
+
 /// The CPU the calling thread is running on (possibly stale by the time it is used).
 /// `sched_getcpu(3)` (vDSO `getcpu`). Returns 0 if the call fails, which it cannot on Linux
 /// since 2.6.19.

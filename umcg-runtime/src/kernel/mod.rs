@@ -1,0 +1,642 @@
+//! The emulated UMCG kernel, Generation A (v0.3): `umcg_ctl`, `umcg_wait`, and the block and
+//! wake hooks, run in the calling thread (spec §2.3–§2.7).
+//!
+//! What the real kernel did inside the scheduler, the emulator does in the thread that
+//! triggers it. The contract user space sees is v0.3's, with the extensions listed below.
+//!
+//! # Sleeping and waking
+//!
+//! Every "idle loop" of the spec is a futex wait on the task's own `state` word with the
+//! predicate "state is RUNNING"; every "wake T" is a store of T's new state by whoever
+//! initiates the transition, then a futex wake of T's word. A waiter re-reads its state
+//! after the kernel compared it, so a wake can never be lost (spec §2.4, "wait/wake ordering
+//! rule"). In eventfd idle-wakeup mode, servers sleep in `epoll_wait` on an eventfd of their
+//! own instead and wakes write to it; the counter persists, so the same argument holds.
+//!
+//! # Protocols, as the kernel ran them
+//!
+//! Block hook ([`block_begin`], §2.5.1), for a registered worker not inside a hook:
+//! 1. LOCKED, or a state other than RUNNING: nothing.
+//! 2. CAS RUNNING→BLOCKED keeping the other bits (a lost race is a violation).
+//! 3. `server_tid == 0`: done. Else CAS the server exactly IDLE→exactly RUNNING and wake it
+//!    (exactly RUNNING: nothing; anything else: a violation, H10).
+//!
+//! Wake hook ([`block_end`], worker registration, and a worker woken in `umcg_wait` while
+//! not RUNNING; §2.5.2):
+//! 1. LOCKED, or RUNNING with a server: nothing (the normal return from `umcg_wait`).
+//! 2. CAS the state to IDLE keeping the other bits.
+//! 3. Push the worker on the idle-worker list at `idle_workers_ptr` (bounded CAS), unless it
+//!    is still queued from an earlier push: a worker is never on the list twice (the Tor
+//!    KIST lesson; after H5 a queued worker can come back into the kernel while queued).
+//! 4. `fence(SeqCst)`, then pop one server from the idle-server list at `idle_servers_ptr`
+//!    (nodes validated against the registry) and wake it as in the block hook.
+//! 5. Idle loop until RUNNING; a signal ends it early (H5), spurious wakes do not re-queue.
+//!
+//! # Extensions beyond v0.3
+//!
+//! - `abs_timeout` (v0.4+): absolute `CLOCK_REALTIME` ns, `ETIMEDOUT`. A server times out
+//!   still IDLE. A worker that times out while IDLE goes IDLE→BLOCKED and through the wake
+//!   hook (queued, an idle server woken), and sees `ETIMEDOUT` only once a server runs it
+//!   again (spec §4.3 steps 5–7). v0.3 answered any timeout with `EOPNOTSUPP`.
+//! - Idle-server wakeup by eventfd ([`IdleWakeup::EventFd`]): the server is still chosen from
+//!   the user's list and made RUNNING before it is woken, so user space sees the same
+//!   states; only the wakeup path differs.
+//! - Same-CPU placement ([`Placement::SameCpu`], the emulation of `WF_CURRENT_CPU`): a worker
+//!   woken by a context switch is pinned to the waker's CPU before the wake, when it differs.
+//!
+//! Contract violations the kernel answered with SIGSEGV/SIGKILL are reported with a message
+//! naming the violation and the task, then the process aborts, or, under
+//! [`OnViolation::ReturnError`], they come back as [`UmcgError::Violation`].
+
+mod error;
+pub(crate) mod registry;
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering, fence};
+
+use umcg_abi::idle_servers::{self, Pop};
+use umcg_abi::idle_workers::{self, WorkerPush};
+use umcg_abi::*;
+
+use crate::sys::{self, Deadline, Errno, FutexWait};
+
+use error::violation;
+pub use error::{
+    OnViolation, UmcgError, Violation, ViolationKind, set_violation_policy, violation_policy,
+};
+pub use registry::registered_tasks;
+use registry::{IdleFd, KTask, Table};
+
+/// How idle servers are woken when a worker unblocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum IdleWakeup {
+    /// v0.3: the server popped from the tag-bit list is CASed IDLE→RUNNING and woken with a
+    /// targeted futex wake.
+    List = 1,
+    /// Delisle's proposal: every server sleeps in `epoll_wait` on its own eventfd; the waker
+    /// writes to it.
+    EventFd = 2,
+}
+
+/// Where a worker runs when it is switched to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// On the waker's CPU (the emulation of `WF_CURRENT_CPU`): pin the wakee there before the
+    /// wake, with a syscall only when its pinned CPU differs.
+    SameCpu,
+    /// Wherever the Linux scheduler puts it.
+    Free,
+}
+
+/// What `umcg_ctl` returned when it did not fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ctl {
+    /// Registered or unregistered (the system call returned 0).
+    Done,
+    /// The requested `api_version` is not supported; the system call returned this value,
+    /// the highest supported version (+1).
+    UnsupportedApiVersion(u32),
+}
+
+const MODE_UNSET: u8 = 0;
+static IDLE_WAKEUP: AtomicU8 = AtomicU8::new(MODE_UNSET);
+static PLACEMENT: AtomicU8 = AtomicU8::new(MODE_UNSET);
+
+/// Select the idle-server wakeup mode, process-wide, before the first registration
+/// (afterwards: `EBUSY`). Without a call, the first registration reads the environment
+/// variable `UMCG_IDLE_WAKEUP` (`list` or `eventfd`; default `list`).
+pub fn set_idle_wakeup(mode: IdleWakeup) -> Result<(), UmcgError> {
+    match IDLE_WAKEUP.compare_exchange(MODE_UNSET, mode as u8, Ordering::AcqRel, Ordering::Acquire)
+    {
+        Ok(_) => Ok(()),
+        Err(cur) if cur == mode as u8 && registered_tasks() == 0 => Ok(()),
+        Err(_) => Err(Errno::EBUSY.into()),
+    }
+}
+
+/// The idle-server wakeup mode in force (resolving the default on first use).
+pub fn idle_wakeup() -> IdleWakeup {
+    let mut m = IDLE_WAKEUP.load(Ordering::Acquire);
+    if m == MODE_UNSET {
+        let want = match std::env::var("UMCG_IDLE_WAKEUP").as_deref() {
+            Ok("eventfd") => IdleWakeup::EventFd,
+            _ => IdleWakeup::List,
+        };
+        m = match IDLE_WAKEUP.compare_exchange(
+            MODE_UNSET,
+            want as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => want as u8,
+            Err(cur) => cur,
+        };
+    }
+    if m == IdleWakeup::EventFd as u8 {
+        IdleWakeup::EventFd
+    } else {
+        IdleWakeup::List
+    }
+}
+
+/// Select worker placement, process-wide (default: [`Placement::SameCpu`], or `Free` when
+/// the environment variable `UMCG_PLACEMENT=free`). May be changed at any time.
+pub fn set_placement(p: Placement) {
+    PLACEMENT.store(
+        if p == Placement::SameCpu { 1 } else { 2 },
+        Ordering::Relaxed,
+    );
+}
+
+/// The placement in force.
+pub fn placement() -> Placement {
+    let mut m = PLACEMENT.load(Ordering::Relaxed);
+    if m == MODE_UNSET {
+        m = if std::env::var("UMCG_PLACEMENT").as_deref() == Ok("free") {
+            2
+        } else {
+            1
+        };
+        PLACEMENT.store(m, Ordering::Relaxed);
+    }
+    if m == 1 {
+        Placement::SameCpu
+    } else {
+        Placement::Free
+    }
+}
+
+/// The list bound of v0.3: `2 × nr_cpu_ids` (possible CPUs).
+pub fn list_bound() -> usize {
+    static B: OnceLock<usize> = OnceLock::new();
+    *B.get_or_init(|| 2 * sys::nr_cpu_ids())
+}
+
+thread_local! {
+    /// The worker mark is cleared while a hook runs (prevents recursion, §2.5.2 step 1).
+    static IN_HOOK: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+struct HookGuard;
+
+impl HookGuard {
+    fn enter() -> Option<HookGuard> {
+        if IN_HOOK.with(|h| h.replace(true)) {
+            None
+        } else {
+            Some(HookGuard)
+        }
+    }
+}
+
+impl Drop for HookGuard {
+    fn drop(&mut self) {
+        IN_HOOK.with(|h| h.set(false));
+    }
+}
+
+fn v(kind: ViolationKind, me: &KTask, other: u32, state: Option<StateWord>) -> UmcgError {
+    violation(Violation {
+        kind,
+        tid: me.tid,
+        other_tid: other,
+        state,
+    })
+}
+
+// ------------------------------------------------------------------------------------------
+// umcg_ctl
+
+/// `sys_umcg_ctl(flags, self)` of v0.3 (spec §2.3): register the calling thread as a server
+/// or a worker, or unregister it.
+///
+/// Checks run in the kernel's order: flags (`EINVAL`), already registered (`EINVAL`), `self`
+/// NULL, misaligned or unreadable (`EFAULT`, probed without touching it), `api_version != 1`
+/// ([`Ctl::UnsupportedApiVersion`]), `server_tid`/`next_tid` non-zero (`EINVAL`), state
+/// (`EINVAL`). A worker registration runs the wake hook and returns only once a server has
+/// made the worker RUNNING.
+///
+/// # Safety
+/// - If `task` passes the checks, it points to a `struct umcg_task` that stays valid and
+///   does not move until the calling thread unregisters (or exits).
+pub unsafe fn umcg_ctl(flags: u32, task: *mut UmcgTask) -> Result<Ctl, UmcgError> {
+    if flags == UMCG_CTL_UNREGISTER {
+        if !task.is_null() || !registry::is_registered() {
+            return Err(Errno::EINVAL.into());
+        }
+        registry::unregister_current();
+        return Ok(Ctl::Done);
+    }
+    if flags & UMCG_CTL_REGISTER == 0 || flags & !(UMCG_CTL_REGISTER | UMCG_CTL_WORKER) != 0 {
+        return Err(Errno::EINVAL.into());
+    }
+    if registry::is_registered() {
+        return Err(Errno::EINVAL.into());
+    }
+    let addr = task.expose_provenance();
+    if task.is_null()
+        || !addr.is_multiple_of(UMCG_TASK_ALIGN)
+        || sys::probe_readable(addr, core::mem::size_of::<UmcgTask>()).is_err()
+    {
+        return Err(Errno::EFAULT.into());
+    }
+    // SAFETY: non-null, aligned and readable; the caller keeps it valid while registered.
+    let t = unsafe { &*task };
+    if t.api_version.load(Ordering::Acquire) != UMCG_API_VERSION {
+        return Ok(Ctl::UnsupportedApiVersion(UMCG_API_VERSION));
+    }
+    if t.server_tid.load(Ordering::Acquire) != 0 || t.next_tid.load(Ordering::Acquire) != 0 {
+        return Err(Errno::EINVAL.into());
+    }
+    let worker = flags & UMCG_CTL_WORKER != 0;
+    let want = if worker {
+        UMCG_TASK_IDLE
+    } else {
+        UMCG_TASK_RUNNING
+    };
+    if t.state.load(Ordering::Acquire) != want {
+        return Err(Errno::EINVAL.into());
+    }
+    let idle_fd = if !worker && idle_wakeup() == IdleWakeup::EventFd {
+        Some(IdleFd::new()?)
+    } else {
+        None
+    };
+    let me = registry::register_current(KTask::new(sys::gettid(), task, worker, idle_fd))?;
+    if worker {
+        // §2.3 step 6: the wake hook, synchronously; return only once RUNNING (a signal
+        // does not end a registration: the issue asks for the stronger guarantee).
+        loop {
+            let interrupted = wake_hook(&me)?;
+            if me.task().load_state().state() == TaskState::Running {
+                break;
+            }
+            debug_assert!(interrupted);
+            idle_loop(&me, None).ok();
+            if me.task().load_state().state() == TaskState::Running {
+                break;
+            }
+        }
+    }
+    Ok(Ctl::Done)
+}
+
+// ------------------------------------------------------------------------------------------
+// umcg_wait
+
+/// `sys_umcg_wait(flags, abs_timeout)` of v0.3 (spec §2.4), with v0.4+ timeouts.
+///
+/// With `UMCG_WAIT_WAKE_ONLY`: wake `next_tid` and return (`EINVAL` for `next_tid == 0`, a
+/// timeout, or flags other than `WF_CURRENT_CPU`; `ESRCH` if it is not a registered task).
+/// Otherwise: wake `next_tid` (or, for a worker with `next_tid == 0`, its `server_tid`;
+/// `ESRCH` if no such thread exists), clear the caller's LOCKED (worker), and sleep until the
+/// caller's state is RUNNING. `EINTR` if a signal handler ran; `ETIMEDOUT` past
+/// `abs_timeout` (absolute `CLOCK_REALTIME` ns, 0 = none).
+pub fn umcg_wait(flags: u32, abs_timeout: u64) -> Result<(), UmcgError> {
+    let Some(me) = registry::current() else {
+        return Err(Errno::EINVAL.into());
+    };
+    let t = me.task();
+    let next = t.next_tid.load(Ordering::Acquire);
+    if flags & UMCG_WAIT_WAKE_ONLY != 0 {
+        if next == 0
+            || abs_timeout != 0
+            || flags & !(UMCG_WAIT_WAKE_ONLY | UMCG_WAIT_WF_CURRENT_CPU) != 0
+        {
+            return Err(Errno::EINVAL.into());
+        }
+        let Some(k) = registry::lookup(next) else {
+            return Err(Errno::ESRCH.into());
+        };
+        // A wake-up event for the target's idle loop (Release: pairs with its Acquire swap).
+        k.wake_events.fetch_add(1, Ordering::Release);
+        wake_task(&k, flags & UMCG_WAIT_WF_CURRENT_CPU != 0);
+        return Ok(());
+    }
+    let target = if next == 0 && me.worker {
+        t.server_tid.load(Ordering::Acquire)
+    } else {
+        next
+    };
+    if target != 0 {
+        match registry::lookup(target) {
+            Some(k) => wake_task(&k, true),
+            // Not a UMCG task: the kernel wakes it anyway (a no-op for us); gone: ESRCH.
+            None if sys::thread_alive(target) => {}
+            None => return Err(Errno::ESRCH.into()),
+        }
+    }
+    if me.worker {
+        let w = t.load_state();
+        if w.is_locked() && t.clear_flags_if(w.state(), UMCG_TF_LOCKED).is_err() {
+            return Err(Errno::EFAULT.into());
+        }
+    }
+    let deadline = (abs_timeout != 0).then_some(Deadline::Realtime(abs_timeout));
+    match idle_loop(&me, deadline) {
+        Ok(()) => Ok(()),
+        Err(Errno::ETIMEDOUT) if me.worker => worker_timed_out(&me),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The idle loop of `umcg_wait` (§2.4 step 6): sleep until RUNNING.
+///
+/// A worker woken by a wake-up event (`WAKE_ONLY` aimed at it) while not RUNNING goes
+/// through the wake hook, which queues it (§2.6: "IDLE → IDLE + queued"); so does a worker
+/// made RUNNING without a server. The kernel also ran the hook on truly spurious wake-ups;
+/// the emulator does not treat a stale futex wake (a waker's `futex_wake` arriving after the
+/// wakee already ran and slept again) as one, because a futex gives no way to tell them apart
+/// and such a wake would queue a worker that its scheduler still holds.
+fn idle_loop(me: &KTask, deadline: Option<Deadline>) -> Result<(), Errno> {
+    let t = me.task();
+    loop {
+        let w = t.load_state();
+        if w.state() == TaskState::Running {
+            if me.worker && t.server_tid.load(Ordering::Acquire) == 0 && !w.is_locked() {
+                // RUNNING without a server: the wake hook queues it (§2.5.2 step 2).
+                match wake_hook(me) {
+                    Ok(true) => return Err(Errno::EINTR),
+                    Ok(false) => continue,
+                    Err(_) => return Err(Errno::EFAULT),
+                }
+            }
+            return Ok(());
+        }
+        match sleep(me, w, deadline) {
+            FutexWait::ValueChanged => {}
+            FutexWait::Woken => {
+                if me.worker
+                    && me.wake_events.swap(0, Ordering::Acquire) > 0
+                    && t.load_state().state() != TaskState::Running
+                {
+                    match wake_hook(me) {
+                        Ok(true) => return Err(Errno::EINTR),
+                        Ok(false) => {}
+                        // Violations abort by default; in test mode surface as EFAULT here
+                        // (the real kernel would have killed the task).
+                        Err(_) => return Err(Errno::EFAULT),
+                    }
+                }
+            }
+            FutexWait::Interrupted => return Err(Errno::EINTR),
+            FutexWait::TimedOut => return Err(Errno::ETIMEDOUT),
+        }
+    }
+}
+
+/// Worker epilogue of a timeout (spec §4.3 step 6, adapted to v0.3's hooks).
+fn worker_timed_out(me: &KTask) -> Result<(), UmcgError> {
+    let t = me.task();
+    // IDLE=>BLOCKED, unless someone made it RUNNING meanwhile (then the timeout is moot).
+    match t.transition(TaskState::Idle, TaskState::Blocked) {
+        Ok(_) => {}
+        Err(w) if w.state() == TaskState::Running => return Ok(()),
+        Err(w) => return Err(v(ViolationKind::WakeTransitionRaced, me, 0, Some(w))),
+    }
+    // BLOCKED=>IDLE, queued, an idle server woken; wait until a server runs it.
+    loop {
+        let interrupted = wake_hook(me)?;
+        if t.load_state().state() == TaskState::Running {
+            return Err(Errno::ETIMEDOUT.into());
+        }
+        if interrupted {
+            return Err(Errno::EINTR.into());
+        }
+    }
+}
+
+/// Sleep on the task's wake channel while its state word still holds `seen`.
+fn sleep(me: &KTask, seen: StateWord, deadline: Option<Deadline>) -> FutexWait {
+    match &me.idle_fd {
+        Some(fd) => {
+            let timeout = match deadline {
+                None => None,
+                Some(d) => {
+                    let (Deadline::Realtime(ns) | Deadline::Monotonic(ns)) = d;
+                    let now = match d {
+                        Deadline::Realtime(_) => sys::futex::realtime_now_ns(),
+                        Deadline::Monotonic(_) => sys::futex::monotonic_now_ns(),
+                    };
+                    if ns <= now {
+                        return FutexWait::TimedOut;
+                    }
+                    Some(core::time::Duration::from_nanos(ns - now))
+                }
+            };
+            if me.task().load_state() != seen {
+                return FutexWait::ValueChanged;
+            }
+            fd.wait(timeout)
+        }
+        None => sys::futex_wait(&me.task().state, seen.bits(), deadline),
+    }
+}
+
+/// "wake T": the caller has already stored T's new state.
+fn wake_task(k: &KTask, on_current_cpu: bool) {
+    if let Some(fd) = &k.idle_fd {
+        fd.signal();
+        return;
+    }
+    if on_current_cpu && k.worker && placement() == Placement::SameCpu {
+        let cpu = sys::current_cpu() as i32;
+        if k.cpu.load(Ordering::Relaxed) != cpu
+            && sys::pin_thread_to_cpu(k.tid, cpu as usize).is_ok()
+        {
+            k.cpu.store(cpu, Ordering::Relaxed);
+        }
+    }
+    // Wake every waiter: only T's thread sleeps on its word in our protocol, but a user
+    // monitor waiting on the same word must not take T's wake.
+    sys::futex_wake(&k.task().state, i32::MAX);
+}
+
+/// Wake a server as the hooks do (§2.5.1 step 4): exactly IDLE=>exactly RUNNING, then wake.
+/// The caller holds the registry read lock (`_table`) so the server cannot unregister.
+fn wake_server(me: &KTask, server: &KTask, _table: &Table) -> Result<(), UmcgError> {
+    let s = server.task();
+    match s.cas_word(StateWord(UMCG_TASK_IDLE), StateWord(UMCG_TASK_RUNNING)) {
+        Ok(_) => {
+            wake_task(server, true);
+            Ok(())
+        }
+        // Already running: give up silently (H8 when popped from the list).
+        Err(w) if w.bits() == UMCG_TASK_RUNNING => Ok(()),
+        Err(w) => Err(v(
+            ViolationKind::ServerStateInvalid,
+            me,
+            server.tid,
+            Some(w),
+        )),
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Hooks
+
+/// The kernel's block hook (§2.5.1): call before a call that may sleep. A no-op for threads
+/// that are not registered workers, inside a hook, LOCKED, or not RUNNING.
+pub fn block_begin() -> Result<(), UmcgError> {
+    let Some(me) = registry::current() else {
+        return Ok(());
+    };
+    if !me.worker || IN_HOOK.with(|h| h.get()) {
+        return Ok(());
+    }
+    let t = me.task();
+    let w = t.load_state();
+    if w.is_locked() || w.state() != TaskState::Running {
+        return Ok(());
+    }
+    // RUNNING=>BLOCKED, keeping flags and user bits.
+    if let Err(seen) = t.transition_once(w, TaskState::Running, TaskState::Blocked) {
+        return Err(v(ViolationKind::BlockTransitionRaced, &me, 0, Some(seen)));
+    }
+    let stid = t.server_tid.load(Ordering::Acquire);
+    if stid == 0 {
+        return Ok(());
+    }
+    let table = registry::read();
+    match table.by_tid.get(&stid) {
+        Some(s) if !s.worker => wake_server(&me, s, &table),
+        _ => Err(v(ViolationKind::ServerNotFound, &me, stid, None)),
+    }
+}
+
+/// The kernel's wake hook (§2.5.2): call after a call bracketed by [`block_begin`] returns.
+/// Returns once a server has made the worker RUNNING again (or a signal handler ran: the
+/// worker is then IDLE and still queued, hazard H5).
+pub fn block_end() -> Result<(), UmcgError> {
+    let Some(me) = registry::current() else {
+        return Ok(());
+    };
+    if !me.worker {
+        return Ok(());
+    }
+    wake_hook(&me).map(|_| ())
+}
+
+/// Run `f`, a call that may sleep in the kernel, between the block and wake hooks.
+pub fn blocking<R>(f: impl FnOnce() -> R) -> Result<R, UmcgError> {
+    block_begin()?;
+    let r = f();
+    block_end()?;
+    Ok(r)
+}
+
+/// §2.5.2. Returns whether its idle loop was ended by a signal (H5).
+fn wake_hook(me: &KTask) -> Result<bool, UmcgError> {
+    let Some(_guard) = HookGuard::enter() else {
+        return Ok(false);
+    };
+    let t = me.task();
+    let w = t.load_state();
+    if w.is_locked() {
+        return Ok(false);
+    }
+    if w.state() == TaskState::Running && t.server_tid.load(Ordering::Acquire) != 0 {
+        return Ok(false);
+    }
+    match w.state() {
+        TaskState::Blocked | TaskState::Idle | TaskState::Running => {
+            // BLOCKED=>IDLE, IDLE=>IDLE, RUNNING(no server)=>IDLE.
+            if let Err(seen) = t.transition_once(w, w.state(), TaskState::Idle) {
+                return Err(v(ViolationKind::WakeTransitionRaced, me, 0, Some(seen)));
+            }
+        }
+        _ => return Err(v(ViolationKind::WakeTransitionRaced, me, 0, Some(w))),
+    }
+    let table = registry::read();
+    enqueue_worker(me, &table)?;
+    // §2.5.2 step 4: the push must be visible before the idle-server list is read. Pairs
+    // with the fence a server issues between pushing itself and re-checking idle workers.
+    fence(Ordering::SeqCst);
+    wake_idle_server(me, &table)?;
+    drop(table);
+    // Idle loop until RUNNING; spurious wakes loop, a signal ends it (H5).
+    loop {
+        let w = t.load_state();
+        if w.state() == TaskState::Running {
+            return Ok(false);
+        }
+        match sys::futex_wait(&t.state, w.bits(), None) {
+            FutexWait::Interrupted => return Ok(true),
+            _ => continue,
+        }
+    }
+}
+
+/// §2.5.2 step 3, with the double-enqueue guard.
+fn enqueue_worker(me: &KTask, table: &Table) -> Result<(), UmcgError> {
+    let t = me.task();
+    let h = t.idle_workers_ptr.load(Ordering::Acquire);
+    let queued_on = me.queued_on.load(Ordering::Relaxed);
+    if queued_on != 0 && h != queued_on && (h == 0 || table.worker_nodes.contains_key(&h)) {
+        // The field still holds a link (0 = last node, or another worker's node): the worker
+        // is on the list from an earlier push that user space has not taken yet. Pushing it
+        // again would corrupt the list; it is already where the hook wants it.
+        return Ok(());
+    }
+    if h == 0 {
+        return Err(v(ViolationKind::IdleWorkersPtrNull, me, 0, None));
+    }
+    if me.checked_workers_head.load(Ordering::Relaxed) != h {
+        if !h.is_multiple_of(8) || sys::probe_readable(h as usize, 8).is_err() {
+            return Err(v(ViolationKind::UnmappedListHead(h), me, 0, None));
+        }
+        me.checked_workers_head.store(h, Ordering::Relaxed);
+    }
+    // SAFETY: `h` is aligned and was readable; user space keeps its head word alive while
+    // workers point at it (the same contract the kernel relied on).
+    match unsafe { idle_workers::push_worker(t, list_bound() as u32) } {
+        Ok(WorkerPush::Pushed { .. }) => {
+            me.queued_on.store(h, Ordering::Relaxed);
+            Ok(())
+        }
+        Ok(WorkerPush::Contended) => Err(v(ViolationKind::IdleWorkersContended, me, 0, None)),
+        Err(e) => Err(v(ViolationKind::IdleWorkersCorrupt(e), me, 0, None)),
+    }
+}
+
+/// §2.5.2 steps 5–6: pop an idle server and wake it.
+fn wake_idle_server(me: &KTask, table: &Table) -> Result<(), UmcgError> {
+    let t = me.task();
+    let hs = t.idle_servers_ptr.load(Ordering::Acquire);
+    if hs == 0 {
+        return Ok(()); // No idle-server list (H9: treated as "no server").
+    }
+    if me.checked_servers_head.load(Ordering::Relaxed) != hs {
+        if !hs.is_multiple_of(8) || sys::probe_readable(hs as usize, 8).is_err() {
+            return Err(v(ViolationKind::UnmappedListHead(hs), me, 0, None));
+        }
+        me.checked_servers_head.store(hs, Ordering::Relaxed);
+    }
+    // SAFETY: `hs` is aligned and readable (user space keeps it alive while workers point at
+    // it); every node is validated against the registry, whose read lock we hold, so it is
+    // a registered server's live task for the whole pop.
+    let pop =
+        unsafe { idle_servers::pop_raw(hs, list_bound(), |n| table.server_nodes.contains_key(&n)) };
+    match pop {
+        Pop::Got(node) => match table.server_nodes.get(&node.addr()) {
+            Some(s) => wake_server(me, s, table),
+            None => Err(v(
+                ViolationKind::IdleServersCorrupt(idle_servers::Corruption::InvalidNode(
+                    node.addr(),
+                )),
+                me,
+                0,
+                None,
+            )),
+        },
+        Pop::Empty => Ok(()),
+        Pop::BoundExceeded => Err(v(ViolationKind::IdleServersBoundExceeded, me, 0, None)),
+        Pop::Corrupt(c) => Err(v(ViolationKind::IdleServersCorrupt(c), me, 0, None)),
+    }
+}
+
+/// The calling thread's TID as the emulator knows it (0 if not registered).
+pub fn current_tid() -> u32 {
+    registry::current().map_or(0, |k| k.tid)
+}

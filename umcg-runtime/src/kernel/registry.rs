@@ -1,0 +1,302 @@
+//! The emulated kernel's task table: what `task_struct` held for UMCG.
+//!
+//! A process-wide registry maps TIDs to registered tasks ([`KTask`]), and the addresses of
+//! servers' idle-server nodes and workers' idle-worker nodes to their tasks. Every node
+//! address read from user memory is validated against it before it is dereferenced.
+//!
+//! # Lifetime rule (closes H2's first condition)
+//!
+//! Kernel paths that dereference *another* task's `struct umcg_task` (the idle-server pop,
+//! waking a server) hold the registry's read lock while they do. Unregistration removes a
+//! task under the write lock, so it waits for those paths to finish, and no later path can
+//! find the task. After `umcg_ctl(UNREGISTER)` returns, the emulator never touches the
+//! task's memory again, so user space may free it.
+//!
+//! # Memory ordering
+//!
+//! The registry is a `RwLock`: its lock/unlock pairs order registration before every lookup
+//! that finds the task. The thread's own registration is also cached in a thread-local
+//! pointer, written and read only by that thread (and its signal handlers).
+//!
+//! # fork
+//!
+//! A child process is not registered (spec §4.6). A `pthread_atfork` child handler clears the
+//! forking thread's registration and detaches the child from the parent's table (whose lock
+//! another parent thread may have held at the fork) by swapping in an empty one on first use.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Once, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use umcg_abi::UmcgTask;
+
+use crate::sys::{Epoll, EpollEvent, Errno, EventFd, FutexWait};
+
+/// A registered task: the kernel-side record of one thread.
+#[derive(Debug)]
+pub(crate) struct KTask {
+    /// The thread's TID.
+    pub(crate) tid: u32,
+    /// Address of its `struct umcg_task` (user memory, valid while registered).
+    task_addr: usize,
+    /// Registered with `UMCG_CTL_WORKER`.
+    pub(crate) worker: bool,
+    /// Servers in eventfd idle-wakeup mode: the fd they sleep on.
+    pub(crate) idle_fd: Option<IdleFd>,
+    /// Worker: the CPU the emulator last pinned it to (`-1`: never).
+    pub(crate) cpu: AtomicI32,
+    /// Worker: the head address of the idle-worker list it was last pushed on (0: never).
+    /// While `idle_workers_ptr` does not hold a head again, the worker is still queued.
+    pub(crate) queued_on: AtomicU64,
+    /// Worker: `WAKE_ONLY` wake-ups aimed at it and not yet seen by its idle loop. Only
+    /// these (not stale futex wakes) make a sleeping IDLE worker run the wake hook.
+    pub(crate) wake_events: AtomicU32,
+    /// Head addresses already found readable (probe cache: one syscall per new head).
+    pub(crate) checked_workers_head: AtomicU64,
+    pub(crate) checked_servers_head: AtomicU64,
+}
+
+impl KTask {
+    pub(crate) fn new(
+        tid: u32,
+        task: *const UmcgTask,
+        worker: bool,
+        idle_fd: Option<IdleFd>,
+    ) -> Self {
+        KTask {
+            tid,
+            task_addr: task.expose_provenance(),
+            worker,
+            idle_fd,
+            cpu: AtomicI32::new(-1),
+            queued_on: AtomicU64::new(0),
+            wake_events: AtomicU32::new(0),
+            checked_workers_head: AtomicU64::new(0),
+            checked_servers_head: AtomicU64::new(0),
+        }
+    }
+
+    /// The task's shared struct.
+    pub(crate) fn task(&self) -> &UmcgTask {
+        // SAFETY: registration requires `self` to stay valid, and not move, until the thread
+        // unregisters; a KTask is only reachable through the registry or the thread's own
+        // pointer while it is registered, and kernel paths that use another thread's KTask
+        // hold the registry read lock (module doc), which unregistration waits for.
+        unsafe { &*core::ptr::with_exposed_provenance::<UmcgTask>(self.task_addr) }
+    }
+}
+
+/// An idle server's eventfd, registered in its own epoll instance (Delisle's proposal).
+#[derive(Debug)]
+pub(crate) struct IdleFd {
+    efd: EventFd,
+    ep: Epoll,
+}
+
+impl IdleFd {
+    pub(crate) fn new() -> Result<Self, Errno> {
+        let efd = EventFd::new_nonblocking()?;
+        let ep = Epoll::new()?;
+        ep.add(&efd, 0, false)?;
+        Ok(IdleFd { efd, ep })
+    }
+
+    /// Wake the server sleeping on it (or make its next sleep return at once).
+    pub(crate) fn signal(&self) {
+        let r = self.efd.signal();
+        debug_assert!(r.is_ok(), "eventfd write: {r:?}");
+    }
+
+    /// Sleep until signalled, interrupted, or `timeout` (None: forever) passes. Consumes the
+    /// signal; callers re-check their state word afterwards.
+    pub(crate) fn wait(&self, timeout: Option<core::time::Duration>) -> FutexWait {
+        // A signal that arrived before this wait left the counter non-zero: take it first.
+        if let Ok(n) = self.efd.drain()
+            && n > 0
+        {
+            return FutexWait::Woken;
+        }
+        let mut ev = [EpollEvent::empty()];
+        match self.ep.wait(&mut ev, timeout) {
+            Ok(0) => FutexWait::TimedOut,
+            Ok(_) => {
+                let _ = self.efd.drain();
+                FutexWait::Woken
+            }
+            Err(Errno::EINTR) => FutexWait::Interrupted,
+            Err(e) => {
+                debug_assert!(false, "epoll wait: {e}");
+                FutexWait::Woken
+            }
+        }
+    }
+}
+
+impl Drop for IdleFd {
+    fn drop(&mut self) {
+        // Delete before close: a closed fd stays in an epoll interest set while any other
+        // reference to the file is open (epoll(7), "Q6"). The fields drop after this.
+        let _ = self.ep.delete(&self.efd);
+    }
+}
+
+/// The table behind the registry lock.
+#[derive(Debug, Default)]
+pub(crate) struct Table {
+    pub(crate) by_tid: HashMap<u32, Arc<KTask>>,
+    /// Idle-server node address (`&task.idle_servers_ptr`) → server.
+    pub(crate) server_nodes: HashMap<u64, Arc<KTask>>,
+    /// Idle-worker node address (`&task.idle_workers_ptr`) → worker TID.
+    pub(crate) worker_nodes: HashMap<u64, u32>,
+}
+
+type Registry = RwLock<Table>;
+
+/// The current table; null after a fork in the child until first use.
+static REGISTRY: AtomicPtr<Registry> = AtomicPtr::new(core::ptr::null_mut());
+static ATFORK: Once = Once::new();
+
+fn registry() -> &'static Registry {
+    let p = REGISTRY.load(Ordering::Acquire);
+    if !p.is_null() {
+        // SAFETY: non-null values are leaked boxes, never freed.
+        return unsafe { &*p };
+    }
+    let fresh = Box::into_raw(Box::new(RwLock::new(Table::default())));
+    match REGISTRY.compare_exchange(
+        core::ptr::null_mut(),
+        fresh,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        // SAFETY: just leaked.
+        Ok(_) => unsafe { &*fresh },
+        Err(winner) => {
+            // SAFETY: `fresh` was never shared; `winner` is a leaked box.
+            unsafe {
+                drop(Box::from_raw(fresh));
+                &*winner
+            }
+        }
+    }
+}
+
+extern "C" fn atfork_child() {
+    // Async-signal-safe: two atomic stores. The parent's table (and whatever lock state it
+    // was in) is abandoned; the child starts with no registered task.
+    REGISTRY.store(core::ptr::null_mut(), Ordering::Release);
+    CURRENT.with(|c| c.set(core::ptr::null()));
+}
+
+fn install_atfork() {
+    ATFORK.call_once(|| {
+        // SAFETY: registering a handler with no prepare/parent hooks; the child hook is
+        // async-signal-safe (atomic stores only).
+        let r = unsafe { libc::pthread_atfork(None, None, Some(atfork_child)) };
+        debug_assert_eq!(r, 0, "pthread_atfork");
+    });
+}
+
+/// Read access to the table (lookups; paths that touch other tasks' memory keep it held).
+pub(crate) fn read() -> RwLockReadGuard<'static, Table> {
+    registry().read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write() -> RwLockWriteGuard<'static, Table> {
+    registry().write().unwrap_or_else(|e| e.into_inner())
+}
+
+thread_local! {
+    /// This thread's registration: a raw pointer for signal handlers (no lazy init, no
+    /// borrow), kept alive by `OWNER`.
+    static CURRENT: Cell<*const KTask> = const { Cell::new(core::ptr::null()) };
+    /// Owns this thread's `Arc<KTask>` and unregisters on thread exit.
+    static OWNER: Owner = const { Owner(Cell::new(None)) };
+}
+
+struct Owner(Cell<Option<Arc<KTask>>>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        // Thread exit while registered: drop the registration so that no kernel path finds
+        // a dead thread's (soon freed) task. Like the kernel, the server is not woken here.
+        if let Some(k) = self.0.take() {
+            remove(&k);
+        }
+    }
+}
+
+/// This thread's registration, if any.
+pub(crate) fn current() -> Option<Arc<KTask>> {
+    let p = CURRENT.with(|c| c.get());
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: `p` came from `Arc::into_raw`-free borrowing of the Arc that OWNER holds for as
+    // long as CURRENT is non-null (both are cleared together by `unregister_current`).
+    unsafe {
+        Arc::increment_strong_count(p);
+        Some(Arc::from_raw(p))
+    }
+}
+
+/// Whether the calling thread is registered (cheap: one TLS load).
+pub(crate) fn is_registered() -> bool {
+    !CURRENT.with(|c| c.get()).is_null()
+}
+
+/// Register the calling thread's `k`. Fails with `EINVAL` if the TID is taken (a stale
+/// entry of a thread that exited without cleanup cannot exist: OWNER's destructor removes
+/// it).
+pub(crate) fn register_current(k: KTask) -> Result<Arc<KTask>, Errno> {
+    install_atfork();
+    let k = Arc::new(k);
+    {
+        let mut t = write();
+        if t.by_tid.contains_key(&k.tid) {
+            return Err(Errno::EINVAL);
+        }
+        t.by_tid.insert(k.tid, k.clone());
+        let task = k.task();
+        if k.worker {
+            t.worker_nodes.insert(task.idle_workers_node(), k.tid);
+        } else {
+            t.server_nodes.insert(task.idle_servers_node(), k.clone());
+        }
+    }
+    CURRENT.with(|c| c.set(Arc::as_ptr(&k)));
+    OWNER.with(|o| o.0.set(Some(k.clone())));
+    Ok(k)
+}
+
+/// Unregister the calling thread. Waits for kernel paths that may hold its task (write lock).
+pub(crate) fn unregister_current() -> Option<Arc<KTask>> {
+    let k = OWNER.with(|o| o.0.take())?;
+    CURRENT.with(|c| c.set(core::ptr::null()));
+    remove(&k);
+    Some(k)
+}
+
+fn remove(k: &Arc<KTask>) {
+    let mut t = write();
+    if t.by_tid.get(&k.tid).is_some_and(|e| Arc::ptr_eq(e, k)) {
+        t.by_tid.remove(&k.tid);
+    }
+    let task = k.task();
+    if k.worker {
+        t.worker_nodes.remove(&task.idle_workers_node());
+    } else {
+        t.server_nodes.remove(&task.idle_servers_node());
+    }
+}
+
+/// Look up a registered task by TID.
+pub(crate) fn lookup(tid: u32) -> Option<Arc<KTask>> {
+    read().by_tid.get(&tid).cloned()
+}
+
+/// Number of registered tasks (diagnostics and tests).
+pub fn registered_tasks() -> usize {
+    read().by_tid.len()
+}

@@ -1,0 +1,416 @@
+//! Scenarios of spec §7.3 (v0.3 contract) against the emulated kernel, with real threads.
+#![cfg(not(umcg_loom))]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use umcg_abi::*;
+use umcg_runtime::kernel::{self, Ctl, UmcgError};
+use umcg_runtime::sys::{self, Errno};
+
+fn ctl(flags: u32, t: *const UmcgTask) -> Result<Ctl, UmcgError> {
+    // SAFETY: tests pass either null, garbage that the checks must reject, or tasks that
+    // outlive their registration.
+    unsafe { kernel::umcg_ctl(flags, t as *mut UmcgTask) }
+}
+
+fn errno(e: Errno) -> Result<Ctl, UmcgError> {
+    Err(UmcgError::Errno(e))
+}
+
+/// §7.3 item 18 and the errno rows of §2.3/§2.4, on a fresh thread each.
+#[test]
+fn registration_and_wait_errnos() {
+    init();
+    thread::spawn(|| {
+        // Unregister without registering; wait without registering.
+        assert_eq!(
+            ctl(UMCG_CTL_UNREGISTER, std::ptr::null()),
+            errno(Errno::EINVAL)
+        );
+        assert_eq!(
+            kernel::umcg_wait(0, 0),
+            Err(UmcgError::Errno(Errno::EINVAL))
+        );
+        let s = Box::new(UmcgTask::new_server());
+        // Flags: no REGISTER; unknown bits; UNREGISTER with other bits.
+        assert_eq!(ctl(0, &*s), errno(Errno::EINVAL));
+        assert_eq!(ctl(UMCG_CTL_REGISTER | 0x40, &*s), errno(Errno::EINVAL));
+        assert_eq!(
+            ctl(UMCG_CTL_UNREGISTER | UMCG_CTL_WORKER, std::ptr::null()),
+            errno(Errno::EINVAL)
+        );
+        // Bad pointers: NULL, misaligned, unmapped.
+        assert_eq!(
+            ctl(UMCG_CTL_REGISTER, std::ptr::null()),
+            errno(Errno::EFAULT)
+        );
+        let misaligned = (&*s as *const UmcgTask).wrapping_byte_add(8);
+        assert_eq!(ctl(UMCG_CTL_REGISTER, misaligned), errno(Errno::EFAULT));
+        let unmapped = std::ptr::with_exposed_provenance::<UmcgTask>(64);
+        assert_eq!(ctl(UMCG_CTL_REGISTER, unmapped), errno(Errno::EFAULT));
+        // api_version != 1 returns +1.
+        s.api_version.store(7, Ordering::Relaxed);
+        assert_eq!(
+            ctl(UMCG_CTL_REGISTER, &*s),
+            Ok(Ctl::UnsupportedApiVersion(1))
+        );
+        s.api_version.store(1, Ordering::Relaxed);
+        // server_tid / next_tid must be 0.
+        s.next_tid.store(5, Ordering::Relaxed);
+        assert_eq!(ctl(UMCG_CTL_REGISTER, &*s), errno(Errno::EINVAL));
+        s.next_tid.store(0, Ordering::Relaxed);
+        s.server_tid.store(5, Ordering::Relaxed);
+        assert_eq!(ctl(UMCG_CTL_REGISTER, &*s), errno(Errno::EINVAL));
+        s.server_tid.store(0, Ordering::Relaxed);
+        // Server state must be exactly RUNNING; worker state exactly IDLE.
+        s.store_state(StateWord(UMCG_TASK_IDLE));
+        assert_eq!(ctl(UMCG_CTL_REGISTER, &*s), errno(Errno::EINVAL));
+        s.store_state(StateWord(UMCG_TASK_RUNNING | 0x0100_0000));
+        assert_eq!(ctl(UMCG_CTL_REGISTER, &*s), errno(Errno::EINVAL));
+        let w = Box::new(UmcgTask::new_worker(0, 8));
+        w.store_state(StateWord(UMCG_TASK_RUNNING));
+        assert_eq!(
+            ctl(UMCG_CTL_REGISTER | UMCG_CTL_WORKER, &*w),
+            errno(Errno::EINVAL)
+        );
+        // A good registration; a second one fails; unregister with a pointer fails.
+        s.store_state(StateWord(UMCG_TASK_RUNNING));
+        assert_eq!(ctl(UMCG_CTL_REGISTER, &*s), Ok(Ctl::Done));
+        assert_eq!(ctl(UMCG_CTL_REGISTER, &*s), errno(Errno::EINVAL));
+        assert_eq!(ctl(UMCG_CTL_UNREGISTER, &*s), errno(Errno::EINVAL));
+        // umcg_wait: WAKE_ONLY checks.
+        assert_eq!(
+            kernel::umcg_wait(UMCG_WAIT_WAKE_ONLY, 0),
+            Err(UmcgError::Errno(Errno::EINVAL))
+        );
+        s.next_tid.store(sys::gettid(), Ordering::Relaxed);
+        assert_eq!(
+            kernel::umcg_wait(UMCG_WAIT_WAKE_ONLY, 1),
+            Err(UmcgError::Errno(Errno::EINVAL))
+        );
+        assert_eq!(
+            kernel::umcg_wait(UMCG_WAIT_WAKE_ONLY | 4, 0),
+            Err(UmcgError::Errno(Errno::EINVAL))
+        );
+        assert_eq!(
+            kernel::umcg_wait(UMCG_WAIT_WAKE_ONLY | UMCG_WAIT_WF_CURRENT_CPU, 0),
+            Ok(())
+        );
+        // WAKE_ONLY of a thread that is not a UMCG task: ESRCH.
+        s.next_tid.store(1, Ordering::Relaxed);
+        assert_eq!(
+            kernel::umcg_wait(UMCG_WAIT_WAKE_ONLY, 0),
+            Err(UmcgError::Errno(Errno::ESRCH))
+        );
+        // Context switch to a TID that does not exist: ESRCH.
+        s.next_tid.store(0x7fff_fff0, Ordering::Relaxed);
+        assert_eq!(kernel::umcg_wait(0, 0), Err(UmcgError::Errno(Errno::ESRCH)));
+        s.next_tid.store(0, Ordering::Relaxed);
+        // A server that waits with a timeout in the past: ETIMEDOUT, still IDLE.
+        s.store_state(StateWord(UMCG_TASK_IDLE));
+        assert_eq!(
+            kernel::umcg_wait(0, 1),
+            Err(UmcgError::Errno(Errno::ETIMEDOUT))
+        );
+        assert_eq!(s.load_state(), StateWord(UMCG_TASK_IDLE));
+        s.store_state(StateWord(UMCG_TASK_RUNNING));
+        assert_eq!(ctl(UMCG_CTL_UNREGISTER, std::ptr::null()), Ok(Ctl::Done));
+        assert_eq!(
+            ctl(UMCG_CTL_UNREGISTER, std::ptr::null()),
+            errno(Errno::EINVAL)
+        );
+    })
+    .join()
+    .unwrap();
+}
+
+/// One server runs 4 workers that block (bracketed sleeps), yield, and exit; every worker
+/// finishes and the server sees each block as BLOCKED and each yield as IDLE.
+#[test]
+fn one_server_four_workers_block_and_yield() {
+    init();
+    const WORKERS: usize = 4;
+    const ROUNDS: u32 = 25;
+    let group = Group::new();
+    let exited: Arc<Vec<AtomicBool>> =
+        Arc::new((0..WORKERS).map(|_| AtomicBool::new(false)).collect());
+    let blocks_seen = Arc::new(AtomicU32::new(0));
+
+    let g = group.clone();
+    let (ex, bs) = (exited.clone(), blocks_seen.clone());
+    let server = thread::spawn(move || {
+        let s = Server::register(&g);
+        announce(&s);
+        let deadline = Instant::now() + WATCHDOG;
+        let mut done = 0;
+        let mut by_task: HashMap<usize, usize> = HashMap::new();
+        while done < WORKERS {
+            s.wait_for_workers(deadline);
+            while let Some(w) = g.pop_runnable() {
+                let st = s.run(w).expect("run");
+                let idx = *by_task
+                    .entry((w as *const UmcgTask).expose_provenance())
+                    .or_insert_with(|| tid_index(w));
+                match st.state() {
+                    // Blocked: it comes back through the idle-worker list.
+                    TaskState::Blocked => {
+                        bs.fetch_add(1, Ordering::Relaxed);
+                    }
+                    TaskState::Idle if ex[idx].load(Ordering::Acquire) => done += 1,
+                    TaskState::Idle => g
+                        .runq
+                        .lock()
+                        .unwrap()
+                        .insert(0, (w as *const UmcgTask).expose_provenance()),
+                    other => panic!("worker came back {other:?}"),
+                }
+            }
+        }
+    });
+
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|i| {
+            let g = group.clone();
+            let ex = exited.clone();
+            thread::spawn(move || {
+                let w = Worker::register(&g);
+                register_index(w.task(), i);
+                for _ in 0..ROUNDS {
+                    kernel::blocking(|| thread::sleep(Duration::from_micros(200))).unwrap();
+                    assert_eq!(w.task().load_state().state(), TaskState::Running);
+                    w.yield_to_server();
+                    assert_eq!(w.task().load_state().state(), TaskState::Running);
+                }
+                ex[i].store(true, Ordering::Release);
+                w.exit();
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    server.join().unwrap();
+    assert_eq!(blocks_seen.load(Ordering::Relaxed), WORKERS as u32 * ROUNDS);
+}
+
+static INDEX: std::sync::Mutex<Vec<(usize, usize)>> = std::sync::Mutex::new(Vec::new());
+
+fn register_index(t: &UmcgTask, i: usize) {
+    INDEX
+        .lock()
+        .unwrap()
+        .push(((t as *const UmcgTask).expose_provenance(), i));
+}
+
+fn tid_index(t: &UmcgTask) -> usize {
+    let a = (t as *const UmcgTask).expose_provenance();
+    let deadline = Instant::now() + WATCHDOG;
+    loop {
+        if let Some(&(_, i)) = INDEX.lock().unwrap().iter().find(|(x, _)| *x == a) {
+            return i;
+        }
+        assert!(Instant::now() < deadline);
+        thread::yield_now();
+    }
+}
+
+/// §7.3 item 21 and the v0.3 list semantics (item 27): a blocked worker that unblocks is
+/// queued exactly once, and exactly one idle server is popped (marked, made RUNNING and
+/// woken) while the other stays idle on the list.
+#[test]
+fn unblock_pops_exactly_one_idle_server() {
+    init();
+    let group = Group::new();
+    let g = group.clone();
+    let release = Arc::new(AtomicBool::new(false));
+    let rel = release.clone();
+    // Worker: registers, blocks until released, then exits.
+    let worker = thread::spawn(move || {
+        let w = Worker::register(&g);
+        kernel::blocking(|| {
+            let t0 = Instant::now();
+            while !rel.load(Ordering::Acquire) {
+                assert!(t0.elapsed() < WATCHDOG);
+                thread::sleep(Duration::from_micros(100));
+            }
+        })
+        .unwrap();
+        w.exit();
+    });
+    // Server A runs the worker once, sees it BLOCKED, then both servers go idle.
+    let popped = Arc::new(AtomicU32::new(0));
+    let servers: Vec<_> = (0..2)
+        .map(|i| {
+            let g = group.clone();
+            let popped = popped.clone();
+            thread::spawn(move || {
+                let s = Server::register(&g);
+                announce(&s);
+                let deadline = Instant::now() + WATCHDOG;
+                if i == 0 {
+                    s.wait_for_workers(deadline);
+                    let w = g.pop_runnable().unwrap();
+                    assert_eq!(s.run(w).unwrap().state(), TaskState::Blocked);
+                    // Worker blocked, server A RUNNING again (item 20).
+                    assert_eq!(s.task.load_state(), StateWord(UMCG_TASK_RUNNING));
+                }
+                // Both go idle; exactly one is popped by the unblock.
+                if s.wait_for_workers(deadline) > 0 {
+                    popped.fetch_add(1, Ordering::SeqCst);
+                    let w = g.pop_runnable().unwrap();
+                    assert_eq!(w.load_state().state(), TaskState::Idle);
+                    let st = s.run(w).unwrap();
+                    assert!(st.is_locked(), "worker exits LOCKED");
+                }
+                s
+            })
+        })
+        .collect();
+    // Let both servers reach the idle list, then release the worker.
+    let t0 = Instant::now();
+    loop {
+        let n = count_idle_servers(&group);
+        if n == 2 {
+            break;
+        }
+        assert!(t0.elapsed() < WATCHDOG, "servers never went idle ({n})");
+        thread::sleep(Duration::from_micros(200));
+    }
+    release.store(true, Ordering::Release);
+    worker.join().unwrap();
+    // One server was popped and ran the worker; the other is still idle on the list.
+    let t0 = Instant::now();
+    while popped.load(Ordering::SeqCst) == 0 {
+        assert!(t0.elapsed() < WATCHDOG);
+        thread::sleep(Duration::from_micros(200));
+    }
+    assert_eq!(count_idle_servers(&group), 1);
+    // Release the remaining idle server: pop it as the kernel would (mark, IDLE=>RUNNING)
+    // and wake it with WAKE_ONLY from a registered helper; `stop` makes it return.
+    group.stop.store(true, Ordering::Release);
+    release_idle_servers(&group);
+    for s in servers {
+        drop(s.join().unwrap());
+    }
+    assert_eq!(popped.load(Ordering::SeqCst), 1);
+}
+
+fn count_idle_servers(g: &Group) -> usize {
+    // Live (unmarked) nodes on the idle-server list.
+    let mut n = 0;
+    let mut cur = g.idle_servers.head_word();
+    while cur != 0 {
+        let task = std::ptr::with_exposed_provenance::<UmcgTask>(cur as usize - 16);
+        // SAFETY: nodes are registered servers' tasks, alive during the test.
+        let link = unsafe { &*task }.idle_servers_ptr.load(Ordering::Acquire);
+        if link & 1 == 0 {
+            n += 1;
+        }
+        cur = link & !1;
+    }
+    n
+}
+
+/// Pop every idle server as the kernel does and wake it (via a registered server thread's
+/// WAKE_ONLY).
+fn release_idle_servers(g: &Arc<Group>) {
+    let g = g.clone();
+    thread::spawn(move || {
+        let me = Server::register(&g);
+        while let umcg_abi::idle_servers::Pop::Got(node) = g.idle_servers.pop(64) {
+            // SAFETY: registered server's task, alive until it is joined.
+            let t = unsafe { &*node.task() };
+            t.cas_word(StateWord(UMCG_TASK_IDLE), StateWord(UMCG_TASK_RUNNING))
+                .expect("idle server");
+            me.task
+                .next_tid
+                .store(t.server_tid.load(Ordering::Acquire), Ordering::Release);
+            kernel::umcg_wait(UMCG_WAIT_WAKE_ONLY, 0).unwrap();
+        }
+        me.task.next_tid.store(0, Ordering::Release);
+    })
+    .join()
+    .unwrap();
+}
+
+/// The Tor KIST lesson: a worker that is woken while it is already queued must never be
+/// queued twice.
+///
+/// The worker blocks and unblocks while its server is busy: it is queued (IDLE) and waits
+/// in the wake hook. A signal ends that wait (hazard H5): it returns to user space still
+/// queued, and waits again in `umcg_wait`. Now a `WAKE_ONLY` aimed at it makes its idle loop
+/// run the wake hook, which would push it a second time. The list must hold it once.
+#[test]
+fn woken_while_queued_is_not_queued_twice() {
+    init();
+    extern "C" fn on_sigusr2(_: i32, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+    // SAFETY: the handler does nothing (async-signal-safe).
+    unsafe { sys::signal::install_handler(sys::signal::Signal::SIGUSR2, on_sigusr2) }.unwrap();
+
+    let group = Group::new();
+    let g = group.clone();
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let intr = interrupted.clone();
+    let worker = thread::spawn(move || {
+        let w = Worker::register(&g);
+        // Unblocks while the server is busy: queued, nobody popped. The hook's wait is
+        // then ended by SIGUSR2 (H5).
+        kernel::blocking(|| thread::sleep(Duration::from_millis(1))).unwrap();
+        assert_eq!(
+            w.task().load_state().state(),
+            TaskState::Idle,
+            "H5: back in user space IDLE"
+        );
+        intr.store(true, Ordering::Release);
+        // Wait again, as user space must after H5; it returns once a server runs it.
+        loop {
+            match kernel::umcg_wait(0, 0) {
+                Ok(()) => break,
+                Err(UmcgError::Errno(Errno::EINTR)) => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        w.exit();
+    });
+    let s = Server::register(&group);
+    announce(&s);
+    let deadline = Instant::now() + WATCHDOG;
+    s.wait_for_workers(deadline);
+    let w = group.pop_runnable().unwrap();
+    let wtid = tid_of(w);
+    assert_eq!(s.run(w).unwrap().state(), TaskState::Blocked);
+    // Wait until the worker has queued itself and sleeps in the hook; interrupt it.
+    while group.idle_workers.is_empty() {
+        assert!(Instant::now() < deadline);
+        thread::sleep(Duration::from_micros(100));
+    }
+    while !interrupted.load(Ordering::Acquire) {
+        wait_until_sleeping(wtid);
+        sys::tgkill(wtid, sys::signal::Signal::SIGUSR2).unwrap();
+        thread::sleep(Duration::from_micros(200));
+        assert!(Instant::now() < deadline);
+    }
+    // Now it sleeps in umcg_wait, still queued. Wake it (each wake runs the hook).
+    s.task.next_tid.store(wtid, Ordering::Release);
+    for _ in 0..3 {
+        wait_until_sleeping(wtid);
+        kernel::umcg_wait(UMCG_WAIT_WAKE_ONLY, 0).unwrap();
+    }
+    wait_until_sleeping(wtid);
+    s.task.next_tid.store(0, Ordering::Release);
+    assert_eq!(
+        group.drain_idle_workers(),
+        1,
+        "the worker was queued more than once"
+    );
+    let w = group.pop_runnable().unwrap();
+    assert!(s.run(w).unwrap().is_locked());
+    worker.join().unwrap();
+}
