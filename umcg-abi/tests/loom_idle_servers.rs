@@ -20,6 +20,8 @@ const BOUND: usize = 16;
 /// Servers with per-server push and claim counters.
 struct World {
     list: IdleServerList,
+    /// Boxed: each task must keep its address (nodes are field addresses).
+    #[allow(clippy::vec_box)]
     servers: Vec<Box<UmcgTask>>,
     pushes: Vec<AtomicUsize>,
     claims: Vec<AtomicUsize>,
@@ -86,9 +88,9 @@ impl World {
         self.list
             .pop_all(|t| extra[self.index(Node::of(t))] += 1)
             .expect("pop_all");
-        for i in 0..self.servers.len() {
+        for (i, extra) in extra.iter().enumerate() {
             let pushes = self.pushes[i].load(Ordering::SeqCst);
-            let claims = self.claims[i].load(Ordering::SeqCst) + extra[i];
+            let claims = self.claims[i].load(Ordering::SeqCst) + extra;
             assert_eq!(
                 claims, pushes,
                 "server {i}: {pushes} pushes but {claims} claims"

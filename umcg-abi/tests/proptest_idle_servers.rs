@@ -123,15 +123,14 @@ impl ReferenceStateMachine for ModelMachine {
             }
             Op::Pop(bound) => {
                 // The kernel's loop: one iteration per node visited, and one for the end.
-                let mut iters = 0;
+                // Iteration k (0-based) happens only if k < bound.
                 let mut found = None;
                 let mut exceeded = false;
                 for k in 0..=s.list.len() {
-                    if iters == bound {
+                    if k == bound {
                         exceeded = true;
                         break;
                     }
-                    iters += 1;
                     if k == s.list.len() {
                         break;
                     }
@@ -187,6 +186,8 @@ impl ReferenceStateMachine for ModelMachine {
 
 struct Real {
     list: Box<IdleServerList>,
+    /// Boxed: each task must keep its address (nodes are field addresses).
+    #[allow(clippy::vec_box)]
     servers: Vec<Box<UmcgTask>>,
 }
 
