@@ -138,13 +138,17 @@ fn one_server_four_workers_block_and_yield() {
     init();
     const WORKERS: usize = 4;
     const ROUNDS: u32 = 25;
+    // Why a worker last left the CPU. Its state alone cannot tell: a worker that blocked
+    // and already unblocked is IDLE (queued) just like one that yielded (not queued).
+    const BLOCK: u32 = 1;
+    const YIELD: u32 = 2;
+    const EXIT: u32 = 3;
     let group = Group::new();
-    let exited: Arc<Vec<AtomicBool>> =
-        Arc::new((0..WORKERS).map(|_| AtomicBool::new(false)).collect());
+    let reason: Arc<Vec<AtomicU32>> = Arc::new((0..WORKERS).map(|_| AtomicU32::new(0)).collect());
     let blocks_seen = Arc::new(AtomicU32::new(0));
 
     let g = group.clone();
-    let (ex, bs) = (exited.clone(), blocks_seen.clone());
+    let (rs, bs) = (reason.clone(), blocks_seen.clone());
     let server = thread::spawn(move || {
         let s = Server::register(&g);
         announce(&s);
@@ -158,18 +162,29 @@ fn one_server_four_workers_block_and_yield() {
                 let idx = *by_task
                     .entry((w as *const UmcgTask).expose_provenance())
                     .or_insert_with(|| tid_index(w));
-                match st.state() {
-                    // Blocked: it comes back through the idle-worker list.
-                    TaskState::Blocked => {
+                match rs[idx].load(Ordering::Acquire) {
+                    // Blocked: BLOCKED, or already IDLE and queued again; it comes back
+                    // through the idle-worker list.
+                    BLOCK => {
+                        assert!(
+                            st.state() == TaskState::Blocked
+                                || (st.state() == TaskState::Idle && !st.is_locked()),
+                            "blocked worker came back {st:?}"
+                        );
                         bs.fetch_add(1, Ordering::Relaxed);
                     }
-                    TaskState::Idle if ex[idx].load(Ordering::Acquire) => done += 1,
-                    TaskState::Idle => g
-                        .runq
-                        .lock()
-                        .unwrap()
-                        .insert(0, (w as *const UmcgTask).expose_provenance()),
-                    other => panic!("worker came back {other:?}"),
+                    YIELD => {
+                        assert_eq!(st.state(), TaskState::Idle, "yielded worker {st:?}");
+                        g.runq
+                            .lock()
+                            .unwrap()
+                            .insert(0, (w as *const UmcgTask).expose_provenance());
+                    }
+                    EXIT => {
+                        assert_eq!(st.state(), TaskState::Idle, "exited worker {st:?}");
+                        done += 1;
+                    }
+                    r => panic!("worker came back with reason {r} in state {st:?}"),
                 }
             }
         }
@@ -178,17 +193,19 @@ fn one_server_four_workers_block_and_yield() {
     let workers: Vec<_> = (0..WORKERS)
         .map(|i| {
             let g = group.clone();
-            let ex = exited.clone();
+            let rs = reason.clone();
             thread::spawn(move || {
                 let w = Worker::register(&g);
                 register_index(w.task(), i);
                 for _ in 0..ROUNDS {
+                    rs[i].store(BLOCK, Ordering::Release);
                     kernel::blocking(|| thread::sleep(Duration::from_micros(200))).unwrap();
                     assert_eq!(w.task().load_state().state(), TaskState::Running);
+                    rs[i].store(YIELD, Ordering::Release);
                     w.yield_to_server();
                     assert_eq!(w.task().load_state().state(), TaskState::Running);
                 }
-                ex[i].store(true, Ordering::Release);
+                rs[i].store(EXIT, Ordering::Release);
                 w.exit();
             })
         })
@@ -246,10 +263,21 @@ fn unblock_pops_exactly_one_idle_server() {
     });
     // Server A runs the worker once, sees it BLOCKED, then both servers go idle.
     let popped = Arc::new(AtomicU32::new(0));
+    // Server B starts only once A has run the worker into its block, so that the worker's
+    // first run is A's.
+    let a_ran = Arc::new(AtomicBool::new(false));
     let servers: Vec<_> = (0..2)
         .map(|i| {
             let g = group.clone();
             let popped = popped.clone();
+            let a_ran = a_ran.clone();
+            if i == 1 {
+                let t0 = Instant::now();
+                while !a_ran.load(Ordering::Acquire) {
+                    assert!(t0.elapsed() < WATCHDOG);
+                    thread::sleep(Duration::from_micros(100));
+                }
+            }
             thread::spawn(move || {
                 let s = Server::register(&g);
                 announce(&s);
@@ -260,6 +288,7 @@ fn unblock_pops_exactly_one_idle_server() {
                     assert_eq!(s.run(w).unwrap().state(), TaskState::Blocked);
                     // Worker blocked, server A RUNNING again (item 20).
                     assert_eq!(s.task.load_state(), StateWord(UMCG_TASK_RUNNING));
+                    a_ran.store(true, Ordering::Release);
                 }
                 // Both go idle; exactly one is popped by the unblock.
                 if s.wait_for_workers(deadline) > 0 {
@@ -410,6 +439,167 @@ fn woken_while_queued_is_not_queued_twice() {
         1,
         "the worker was queued more than once"
     );
+    let w = group.pop_runnable().unwrap();
+    assert!(s.run(w).unwrap().is_locked());
+    worker.join().unwrap();
+}
+
+/// Run `w` for at most `slice`: the server waits with a timeout (its tick) and kicks the
+/// worker when the tick fires. Returns the worker's state once it is back (for a kicked
+/// worker: IDLE|PREEMPTED and already on the idle-worker list).
+fn run_with_slice(s: &Server, w: &UmcgTask, slice: Duration) -> StateWord {
+    let t0 = Instant::now();
+    while w.load_state().is_locked() {
+        assert!(t0.elapsed() < WATCHDOG);
+        thread::yield_now();
+    }
+    s.task.store_state(StateWord(UMCG_TASK_IDLE));
+    w.server_tid.store(s.tid, Ordering::Release);
+    // IDLE(|PREEMPTED)=>RUNNING, clearing PREEMPTED: the server acknowledges the kick.
+    let cur = w.load_state();
+    assert_eq!(cur.state(), TaskState::Idle);
+    w.cas_word(
+        cur,
+        cur.with_state(TaskState::Running)
+            .without_flags(UMCG_TF_PREEMPTED),
+    )
+    .unwrap();
+    let wtid = tid_of(w);
+    s.task.next_tid.store(wtid, Ordering::Release);
+    let abs = sys::futex::realtime_now_ns() + slice.as_nanos() as u64;
+    let r = kernel::umcg_wait(0, abs);
+    s.task.next_tid.store(0, Ordering::Release);
+    match r {
+        Ok(()) => {}
+        Err(UmcgError::Errno(Errno::ETIMEDOUT)) => {
+            // Timed out, still IDLE: kick the worker and keep waiting. Whatever takes it off
+            // the CPU (the kick, or a block or yield that raced with it) wakes us exactly
+            // once; setting ourselves RUNNING here would let that wake land in our next idle
+            // period instead.
+            match kernel::umcg_kick(0, wtid) {
+                Ok(()) | Err(UmcgError::Errno(Errno::EAGAIN)) => {}
+                Err(e) => panic!("kick: {e}"),
+            }
+            loop {
+                match kernel::umcg_wait(0, 0) {
+                    Ok(()) => break,
+                    Err(UmcgError::Errno(Errno::EINTR)) => {}
+                    Err(e) => panic!("server wait after kick: {e}"),
+                }
+            }
+        }
+        Err(e) => panic!("server wait: {e}"),
+    }
+    assert_eq!(s.task.load_state(), StateWord(UMCG_TASK_RUNNING));
+    w.load_state()
+}
+
+/// The illumos lesson, at the kernel level: one server, one worker that spins without ever
+/// blocking or yielding, one worker that blocks and counts. With a time slice the counter
+/// keeps advancing; the spinner is preempted (IDLE|PREEMPTED, queued by the kick) again and
+/// again.
+#[test]
+fn kick_preempts_a_spinning_worker() {
+    init();
+    let group = Group::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU32::new(0));
+    let spinner_exited = Arc::new(AtomicBool::new(false));
+    let counter_exited = Arc::new(AtomicBool::new(false));
+    const TARGET: u32 = 30;
+
+    let (g, st, ex) = (group.clone(), stop.clone(), spinner_exited.clone());
+    let spinner = thread::spawn(move || {
+        let w = Worker::register(&g);
+        let mut x = 0u64;
+        while !st.load(Ordering::Relaxed) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            std::hint::black_box(x);
+        }
+        ex.store(true, Ordering::Release);
+        w.exit();
+    });
+    let (g, c, st, ex) = (
+        group.clone(),
+        count.clone(),
+        stop.clone(),
+        counter_exited.clone(),
+    );
+    let counter = thread::spawn(move || {
+        let w = Worker::register(&g);
+        while c.load(Ordering::Relaxed) < TARGET {
+            kernel::blocking(|| thread::sleep(Duration::from_micros(300))).unwrap();
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        st.store(true, Ordering::Relaxed);
+        ex.store(true, Ordering::Release);
+        w.exit();
+    });
+
+    let s = Server::register(&group);
+    announce(&s);
+    let deadline = Instant::now() + WATCHDOG;
+    let mut preempted = 0;
+    let mut exited = 0;
+    while exited < 2 {
+        s.wait_for_workers(deadline);
+        while let Some(w) = group.pop_runnable() {
+            let st = run_with_slice(&s, w, Duration::from_millis(2));
+            match st.state() {
+                TaskState::Blocked => {}
+                TaskState::Idle if st.is_preempted() => preempted += 1, // queued by the kick
+                TaskState::Idle if st.is_locked() => exited += 1,
+                other => panic!("worker came back {other:?} ({st:?})"),
+            }
+        }
+    }
+    spinner.join().unwrap();
+    counter.join().unwrap();
+    assert!(spinner_exited.load(Ordering::Acquire) && counter_exited.load(Ordering::Acquire));
+    assert_eq!(count.load(Ordering::Relaxed), TARGET);
+    assert!(preempted >= 1, "the spinner was never preempted");
+}
+
+/// `umcg_kick` errors: flags, unknown TID, a server, a worker that is not RUNNING.
+#[test]
+fn kick_errors() {
+    init();
+    let group = Group::new();
+    let g = group.clone();
+    let s = Server::register(&group);
+    announce(&s);
+    assert_eq!(
+        kernel::umcg_kick(1, s.tid),
+        Err(UmcgError::Errno(Errno::EINVAL))
+    );
+    assert_eq!(
+        kernel::umcg_kick(0, 0x7fff_fff0),
+        Err(UmcgError::Errno(Errno::ESRCH))
+    );
+    assert_eq!(
+        kernel::umcg_kick(0, s.tid),
+        Err(UmcgError::Errno(Errno::EINVAL))
+    );
+    let worker = thread::spawn(move || {
+        let w = Worker::register(&g);
+        kernel::blocking(|| thread::sleep(Duration::from_millis(1))).unwrap();
+        w.exit();
+    });
+    s.wait_for_workers(Instant::now() + WATCHDOG);
+    let w = group.pop_runnable().unwrap();
+    let wtid = tid_of(w);
+    // Queued, IDLE: not running user code.
+    assert_eq!(
+        kernel::umcg_kick(0, wtid),
+        Err(UmcgError::Errno(Errno::EAGAIN))
+    );
+    // Blocked; or its 1 ms block already ended and it is queued again (IDLE, not LOCKED).
+    let st = s.run(w).unwrap();
+    assert!(
+        st.state() == TaskState::Blocked || (st.state() == TaskState::Idle && !st.is_locked()),
+        "{st:?}"
+    );
+    s.wait_for_workers(Instant::now() + WATCHDOG);
     let w = group.pop_runnable().unwrap();
     assert!(s.run(w).unwrap().is_locked());
     worker.join().unwrap();

@@ -41,6 +41,7 @@
 //! - Idle-server wakeup by eventfd ([`IdleWakeup::EventFd`]): the server is still chosen from
 //!   the user's list and made RUNNING before it is woken, so user space sees the same
 //!   states; only the wakeup path differs.
+//! - Preemption ([`umcg_kick`], `UMCG_TF_PREEMPTED`): see the `preempt` module below.
 //! - Same-CPU placement ([`Placement::SameCpu`], the emulation of `WF_CURRENT_CPU`): a worker
 //!   woken by a context switch is pinned to the waker's CPU before the wake, when it differs.
 //!
@@ -49,6 +50,7 @@
 //! [`OnViolation::ReturnError`], they come back as [`UmcgError::Violation`].
 
 mod error;
+mod preempt;
 pub(crate) mod registry;
 
 use std::sync::OnceLock;
@@ -64,6 +66,8 @@ use error::violation;
 pub use error::{
     OnViolation, UmcgError, Violation, ViolationKind, set_violation_policy, violation_policy,
 };
+use preempt::EmulatorSection;
+pub use preempt::{KICK_SIGNAL, no_preempt, umcg_kick};
 pub use registry::registered_tasks;
 use registry::{IdleFd, KTask, Table};
 
@@ -221,6 +225,7 @@ fn v(kind: ViolationKind, me: &KTask, other: u32, state: Option<StateWord>) -> U
 /// - If `task` passes the checks, it points to a `struct umcg_task` that stays valid and
 ///   does not move until the calling thread unregisters (or exits).
 pub unsafe fn umcg_ctl(flags: u32, task: *mut UmcgTask) -> Result<Ctl, UmcgError> {
+    let _section = EmulatorSection::enter();
     if flags == UMCG_CTL_UNREGISTER {
         if !task.is_null() || !registry::is_registered() {
             return Err(Errno::EINVAL.into());
@@ -263,6 +268,9 @@ pub unsafe fn umcg_ctl(flags: u32, task: *mut UmcgTask) -> Result<Ctl, UmcgError
     } else {
         None
     };
+    if worker {
+        preempt::install_handler();
+    }
     let me = registry::register_current(KTask::new(sys::gettid(), task, worker, idle_fd))?;
     if worker {
         // §2.3 step 6: the wake hook, synchronously; return only once RUNNING (a signal
@@ -294,6 +302,7 @@ pub unsafe fn umcg_ctl(flags: u32, task: *mut UmcgTask) -> Result<Ctl, UmcgError
 /// caller's state is RUNNING. `EINTR` if a signal handler ran; `ETIMEDOUT` past
 /// `abs_timeout` (absolute `CLOCK_REALTIME` ns, 0 = none).
 pub fn umcg_wait(flags: u32, abs_timeout: u64) -> Result<(), UmcgError> {
+    let _section = EmulatorSection::enter();
     let Some(me) = registry::current() else {
         return Err(Errno::EINVAL.into());
     };
@@ -479,6 +488,7 @@ fn wake_server(me: &KTask, server: &KTask, _table: &Table) -> Result<(), UmcgErr
 /// The kernel's block hook (§2.5.1): call before a call that may sleep. A no-op for threads
 /// that are not registered workers, inside a hook, LOCKED, or not RUNNING.
 pub fn block_begin() -> Result<(), UmcgError> {
+    let _section = EmulatorSection::enter();
     let Some(me) = registry::current() else {
         return Ok(());
     };
@@ -509,6 +519,7 @@ pub fn block_begin() -> Result<(), UmcgError> {
 /// Returns once a server has made the worker RUNNING again (or a signal handler ran: the
 /// worker is then IDLE and still queued, hazard H5).
 pub fn block_end() -> Result<(), UmcgError> {
+    let _section = EmulatorSection::enter();
     let Some(me) = registry::current() else {
         return Ok(());
     };

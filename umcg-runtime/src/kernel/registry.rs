@@ -241,6 +241,12 @@ pub(crate) fn current() -> Option<Arc<KTask>> {
     }
 }
 
+/// This thread's registration as a raw pointer, without touching its reference count (for
+/// the signal handler). Valid while the thread stays registered.
+pub(crate) fn current_ptr() -> *const KTask {
+    CURRENT.with(|c| c.get())
+}
+
 /// Whether the calling thread is registered (cheap: one TLS load).
 pub(crate) fn is_registered() -> bool {
     !CURRENT.with(|c| c.get()).is_null()

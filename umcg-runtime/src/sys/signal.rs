@@ -41,6 +41,39 @@ pub unsafe fn install_handler(sig: Signal, handler: SigInfoHandler) -> Result<Si
     unsafe { nix::sys::signal::sigaction(sig, &action) }
 }
 
+/// Install `handler` for `sig` like [`install_handler`] but **with `SA_RESTART`**: system
+/// calls it interrupts are restarted where the kernel can (read, write, untimed futex
+/// waits...), instead of failing with `EINTR`. For the preemption signal, which must disturb
+/// the code it interrupts as little as possible. `sigaction(2)`, signal(7) "Interruption of
+/// system calls and library functions by signal handlers".
+///
+/// # Safety
+///
+/// As for [`install_handler`].
+pub unsafe fn install_restarting_handler(
+    sig: Signal,
+    handler: SigInfoHandler,
+) -> Result<SigAction, Errno> {
+    let action = SigAction::new(
+        SigHandler::SigAction(handler),
+        SaFlags::SA_SIGINFO | SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: as in `install_handler`, per this fn's `# Safety`.
+    unsafe { nix::sys::signal::sigaction(sig, &action) }
+}
+
+/// The calling thread's `errno`, and a way to put it back: a signal handler that makes
+/// system calls must preserve the interrupted code's `errno` (signal-safety(7)).
+pub fn errno() -> i32 {
+    Errno::last_raw()
+}
+
+/// Set the calling thread's `errno` (see [`errno`]).
+pub fn set_errno(value: i32) {
+    Errno::set_raw(value);
+}
+
 /// Put back an action returned by [`install_handler`]; returns the one it replaces.
 /// `sigaction(2)`.
 ///
