@@ -273,15 +273,13 @@ void umcg_block_end(void);
 long umcg_kick(uint32_t flags, uint32_t tid);
 
 /**
- * Extension: choose how idle servers are woken, process-wide, before the first
- * registration: `UMCG_IDLE_WAKEUP_LIST` (v0.3's targeted wake; the default) or
- * `UMCG_IDLE_WAKEUP_EVENTFD` (each idle server sleeps on an eventfd). Without a call, the
- * first registration reads the environment variable `UMCG_IDLE_WAKEUP` (`list` or
- * `eventfd`).
+ * Extension: choose how idle servers are woken, process-wide, while no task is registered:
+ * `UMCG_IDLE_WAKEUP_LIST` (v0.3's targeted wake; the default) or `UMCG_IDLE_WAKEUP_EVENTFD`
+ * (each idle server sleeps on an eventfd). Without a call, the first registration reads the
+ * environment variable `UMCG_IDLE_WAKEUP` (`list` or `eventfd`).
  *
- * Returns 0, or -1 with errno: `EINVAL` for another `mode`; `EBUSY` if another mode is
- * already in force (chosen earlier, or resolved at the first registration), or while any
- * task is registered.
+ * Returns 0, or -1 with errno: `EINVAL` for another `mode`; `EBUSY` while any task is
+ * registered.
  */
 long umcg_set_idle_wakeup(uint32_t mode);
 

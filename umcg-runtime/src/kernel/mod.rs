@@ -107,16 +107,17 @@ const MODE_UNSET: u8 = 0;
 static IDLE_WAKEUP: AtomicU8 = AtomicU8::new(MODE_UNSET);
 static PLACEMENT: AtomicU8 = AtomicU8::new(MODE_UNSET);
 
-/// Select the idle-server wakeup mode, process-wide, before the first registration
-/// (afterwards: `EBUSY`). Without a call, the first registration reads the environment
-/// variable `UMCG_IDLE_WAKEUP` (`list` or `eventfd`; default `list`).
+/// Select the idle-server wakeup mode, process-wide, while no task is registered (otherwise
+/// `EBUSY`). Without a call, the first registration reads the environment variable
+/// `UMCG_IDLE_WAKEUP` (`list` or `eventfd`; default `list`). A server keeps the wake channel
+/// of the mode in force when it registered, so changing modes between runs of a process
+/// (as the benchmarks do) is safe.
 pub fn set_idle_wakeup(mode: IdleWakeup) -> Result<(), UmcgError> {
-    match IDLE_WAKEUP.compare_exchange(MODE_UNSET, mode as u8, Ordering::AcqRel, Ordering::Acquire)
-    {
-        Ok(_) => Ok(()),
-        Err(cur) if cur == mode as u8 && registered_tasks() == 0 => Ok(()),
-        Err(_) => Err(Errno::EBUSY.into()),
+    if registered_tasks() != 0 {
+        return Err(Errno::EBUSY.into());
     }
+    IDLE_WAKEUP.store(mode as u8, Ordering::Release);
+    Ok(())
 }
 
 /// The idle-server wakeup mode in force (resolving the default on first use).
