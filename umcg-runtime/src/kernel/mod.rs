@@ -648,6 +648,21 @@ fn wake_idle_server(me: &KTask, table: &Table) -> Result<(), UmcgError> {
     }
 }
 
+/// Wake registered task `tid` from any thread, registered or not: the "wake T" of the
+/// kernel (futex wake of its state word, or its eventfd), after the caller stored T's new
+/// state. An extension for runtimes built on the emulator: v0.3 offers this only as
+/// `WAKE_ONLY`, which requires the caller to be registered. `ESRCH` if `tid` is not a
+/// registered task.
+pub fn wake(tid: u32) -> Result<(), UmcgError> {
+    let _section = EmulatorSection::enter();
+    let table = registry::read();
+    let Some(k) = table.by_tid.get(&tid) else {
+        return Err(Errno::ESRCH.into());
+    };
+    wake_task(k, false);
+    Ok(())
+}
+
 /// The calling thread's TID as the emulator knows it (0 if not registered).
 pub fn current_tid() -> u32 {
     registry::current().map_or(0, |k| k.tid)

@@ -1,0 +1,259 @@
+//! The M:N runtime: spawn/join, panics, worker reuse, blocking, yield, park/unpark,
+//! preemption (the illumos lesson), policies, shutdown and drop.
+#![cfg(not(umcg_loom))]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use umcg_runtime::policy::GlobalFifo;
+use umcg_runtime::{Runtime, Unparker};
+
+/// A stuck runtime (a lost wakeup) fails the binary instead of hanging it.
+fn watchdog() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_secs(240));
+            eprintln!("runtime test watchdog: still running after 240 s; aborting");
+            std::process::abort();
+        });
+    });
+}
+
+fn rt(servers: usize) -> Runtime {
+    watchdog();
+    Runtime::builder()
+        .servers(servers)
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn spawn_join_values_and_panics() {
+    let rt = rt(2);
+    let hs: Vec<_> = (0..100u64).map(|i| rt.spawn(move || i * i)).collect();
+    let sum: u64 = hs.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(sum, (0..100u64).map(|i| i * i).sum());
+    let h = rt.spawn(|| -> u32 { panic!("boom") });
+    let e = h.join().unwrap_err();
+    assert!(e.is_panic());
+    assert!(e.to_string().contains("boom"));
+    // A panicking worker does not take a server down.
+    assert_eq!(rt.spawn(|| 7).join().unwrap(), 7);
+    rt.shutdown().unwrap();
+}
+
+#[test]
+fn workers_are_reused() {
+    let rt = rt(2);
+    for _ in 0..200 {
+        rt.spawn(|| ()).join().unwrap();
+    }
+    // Sequential spawn+join reuses one pooled worker thread.
+    assert!(
+        rt.live_workers() <= 2,
+        "{} workers alive",
+        rt.live_workers()
+    );
+    rt.shutdown().unwrap();
+}
+
+#[test]
+fn blocking_workers_all_finish() {
+    let rt = rt(2);
+    let done = Arc::new(AtomicUsize::new(0));
+    let hs: Vec<_> = (0..64)
+        .map(|_| {
+            let done = done.clone();
+            rt.spawn(move || {
+                for _ in 0..5 {
+                    umcg_runtime::sleep(Duration::from_micros(200));
+                    umcg_runtime::yield_now();
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    assert_eq!(done.load(Ordering::Relaxed), 64);
+    rt.shutdown().unwrap();
+}
+
+/// The illumos lesson: on a single server, one worker spins forever without blocking or
+/// yielding, and 50 workers sleep and count. With the default time slice the counters all
+/// advance.
+#[test]
+fn spinner_does_not_starve_sleepers() {
+    let rt = Runtime::builder()
+        .servers(1)
+        .time_slice(Some(Duration::from_millis(2)))
+        .build()
+        .unwrap();
+    watchdog();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let spinner = rt.spawn(move || {
+        let mut x = 1u64;
+        while !s.load(Ordering::Relaxed) {
+            x = x.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(7);
+            std::hint::black_box(x);
+        }
+    });
+    let counters: Arc<Vec<AtomicU64>> = Arc::new((0..50).map(|_| AtomicU64::new(0)).collect());
+    let sleepers: Vec<_> = (0..50)
+        .map(|i| {
+            let (c, s) = (counters.clone(), stop.clone());
+            rt.spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    umcg_runtime::sleep(Duration::from_micros(500));
+                    c[i].fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    // Every counter must reach 3 (bounded wait: a starved sleeper fails the test).
+    let t0 = Instant::now();
+    while counters.iter().any(|c| c.load(Ordering::Relaxed) < 3) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "sleepers starved: {:?}",
+            counters
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, Ordering::Relaxed);
+    spinner.join().unwrap();
+    for h in sleepers {
+        h.join().unwrap();
+    }
+    rt.shutdown().unwrap();
+}
+
+#[test]
+fn park_and_unpark_between_workers_and_threads() {
+    let rt = rt(2);
+    let flag = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel::<Unparker>();
+    let f = flag.clone();
+    let h = rt.spawn(move || {
+        tx.send(Unparker::current()).unwrap();
+        while !f.load(Ordering::Acquire) {
+            umcg_runtime::park();
+        }
+        1
+    });
+    let u = rx.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(2));
+    flag.store(true, Ordering::Release);
+    u.unpark();
+    assert_eq!(h.join().unwrap(), 1);
+    rt.shutdown().unwrap();
+}
+
+#[test]
+fn join_from_a_worker_and_nested_spawn() {
+    let rt = rt(2);
+    let h = rt.spawn(|| {
+        let inner: Vec<_> = (0..10)
+            .map(|i| umcg_runtime::spawn(move || i + 1))
+            .collect();
+        inner.into_iter().map(|h| h.join().unwrap()).sum::<i32>()
+    });
+    assert_eq!(h.join().unwrap(), 55);
+    rt.shutdown().unwrap();
+}
+
+/// Many park/unpark pairs and yields at once: a worker queued twice would be run twice, which
+/// the server detects (it asserts that a runnable worker is IDLE) and the count would be off.
+#[test]
+fn unpark_storm_never_double_runs() {
+    let rt = rt(2);
+    let n = 16;
+    let unparkers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let progress: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+    let hs: Vec<_> = (0..n)
+        .map(|i| {
+            let (u, p) = (unparkers.clone(), progress.clone());
+            rt.spawn(move || {
+                u.lock().unwrap().push(Unparker::current());
+                for _ in 0..300 {
+                    umcg_runtime::park();
+                    p[i].fetch_add(1, Ordering::Relaxed);
+                    if i % 2 == 0 {
+                        umcg_runtime::yield_now();
+                    }
+                }
+            })
+        })
+        .collect();
+    let us: Vec<Unparker> = loop {
+        let v = unparkers.lock().unwrap().clone();
+        if v.len() == n {
+            break v;
+        }
+        std::thread::yield_now();
+    };
+    let t0 = Instant::now();
+    while !hs.iter().all(|h| h.is_finished()) {
+        for u in &us {
+            u.unpark();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "workers stuck");
+        std::thread::yield_now();
+    }
+    for h in hs {
+        h.join().unwrap();
+    }
+    rt.shutdown().unwrap();
+}
+
+#[test]
+fn global_fifo_policy_and_drop_without_shutdown() {
+    let rt = Runtime::builder()
+        .servers(1)
+        .policy(GlobalFifo::new())
+        .build()
+        .unwrap();
+    watchdog();
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hs: Vec<_> = (0..8)
+        .map(|i| {
+            let o = order.clone();
+            rt.spawn(move || o.lock().unwrap().push(i))
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    assert_eq!(order.lock().unwrap().len(), 8);
+    // A job still running when the runtime is dropped: drop returns at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let h = rt.spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            umcg_runtime::sleep(Duration::from_millis(1));
+        }
+    });
+    let t0 = Instant::now();
+    drop(rt);
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+}
+
+#[test]
+fn builder_errors() {
+    let max = umcg_runtime::kernel::list_bound() - 1;
+    let e = Runtime::builder().servers(max + 1).build().unwrap_err();
+    assert!(e.to_string().contains("servers requested"), "{e}");
+    assert!(matches!(
+        Runtime::builder().servers(0).build(),
+        Err(umcg_runtime::Error::NoServers)
+    ));
+}
