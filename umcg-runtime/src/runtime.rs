@@ -12,7 +12,11 @@
 //!    worker thread; the closure's result or panic goes to its [`JoinHandle`].
 //! 3. A worker that finishes a job returns to the pool (bounded) and parks; past the bound
 //!    its thread exits.
-//! 4. [`Runtime::shutdown`] waits for every spawned job, tells pooled workers to exit,
+//! 4. fork: the child of a fork in a worker or a server (or any thread) holds a copy of the
+//!    runtime whose servers and workers do not exist there, and is not registered with the
+//!    emulated kernel. Spawning in the child fails with a clear error at `join`; the child
+//!    should only exec or run plain code.
+//! 5. [`Runtime::shutdown`] waits for every spawned job, tells pooled workers to exit,
 //!    joins them, wakes idle servers and joins them. Dropping a runtime without `shutdown`
 //!    does the same without waiting (nothing in `Drop` can hang): running jobs finish in the
 //!    background and the servers exit after the last worker.
@@ -57,6 +61,9 @@ pub enum Error {
     /// `shutdown` was called from one of the runtime's own workers (it would wait for
     /// itself).
     ShutdownFromWorker,
+    /// The runtime was built in a parent process; this is a forked child, where its
+    /// servers and workers do not exist.
+    ForkedChild,
 }
 
 impl fmt::Display for Error {
@@ -75,6 +82,9 @@ impl fmt::Display for Error {
             Error::ShutdownFromWorker => {
                 f.write_str("shutdown called from one of the runtime's own workers")
             }
+            Error::ForkedChild => f.write_str(
+                "this runtime belongs to the parent process: its servers and workers do not exist in a forked child",
+            ),
         }
     }
 }
@@ -191,6 +201,7 @@ impl Builder {
             policy,
             server_tasks: (0..n).map(|_| Box::new(UmcgTask::new_server())).collect(),
             server_tids: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            fork_generation: kernel::fork_generation(),
             ready: (Mutex::new(0), Condvar::new()),
             time_slice: self.time_slice,
             stack_size: self.stack_size,
@@ -289,6 +300,10 @@ impl Runtime {
 
     /// Wait for every spawned job, then stop the workers and the servers and join them.
     pub fn shutdown(mut self) -> Result<(), Error> {
+        if kernel::fork_generation() != self.sh.fork_generation {
+            self.done = true; // Nothing to stop in a child; do not touch the copies.
+            return Err(Error::ForkedChild);
+        }
         if let Some((sh, _)) = worker::current_worker()
             && Arc::ptr_eq(&sh, &self.sh)
         {
@@ -316,7 +331,7 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        if !self.done {
+        if !self.done && kernel::fork_generation() == self.sh.fork_generation {
             // Never wait here: jobs may run for ever. Workers exit when their job ends,
             // servers after the last worker.
             self.sh.begin_shutdown();
@@ -334,6 +349,8 @@ pub(crate) struct Shared {
     #[allow(clippy::vec_box)]
     server_tasks: Vec<Box<UmcgTask>>,
     server_tids: Vec<AtomicU32>,
+    /// `kernel::fork_generation()` when built.
+    fork_generation: u64,
     ready: (Mutex<usize>, Condvar),
     pub(crate) time_slice: Option<Duration>,
     stack_size: usize,
@@ -446,6 +463,10 @@ impl Shared {
         T: Send + 'static,
     {
         let inner = Arc::new(JoinInner::new());
+        if kernel::fork_generation() != self.fork_generation {
+            inner.complete(Err(JoinError(JoinErrorKind::Runtime(Error::ForkedChild))));
+            return JoinHandle { inner };
+        }
         let done = inner.clone();
         let job: Job = Box::new(move || {
             let r = catch_unwind(AssertUnwindSafe(f)).map_err(JoinError::panicked);
@@ -541,6 +562,7 @@ pub struct JoinError(JoinErrorKind);
 enum JoinErrorKind {
     Panicked(Box<dyn Any + Send + 'static>),
     Spawn(std::io::Error),
+    Runtime(Error),
 }
 
 impl JoinError {
@@ -558,7 +580,7 @@ impl JoinError {
     pub fn into_panic(self) -> Option<Box<dyn Any + Send + 'static>> {
         match self.0 {
             JoinErrorKind::Panicked(p) => Some(p),
-            JoinErrorKind::Spawn(_) => None,
+            JoinErrorKind::Spawn(_) | JoinErrorKind::Runtime(_) => None,
         }
     }
 }
@@ -580,7 +602,11 @@ impl fmt::Display for JoinError {
                     .unwrap_or("(non-string payload)");
                 write!(f, "the job panicked: {msg}")
             }
-            JoinErrorKind::Spawn(e) => write!(f, "no worker thread could be started: {e}"),
+            JoinErrorKind::Spawn(e) => write!(
+                f,
+                "no worker thread could be started: {e} (check `ulimit -u`, /proc/sys/kernel/threads-max and /proc/sys/vm/max_map_count)"
+            ),
+            JoinErrorKind::Runtime(e) => write!(f, "{e}"),
         }
     }
 }

@@ -604,3 +604,51 @@ fn kick_errors() {
     assert!(s.run(w).unwrap().is_locked());
     worker.join().unwrap();
 }
+
+/// fork in a registered server (spec §4.6, §7.3 item 29): the child is unregistered and may
+/// register anew; the parent stays registered.
+#[test]
+fn fork_in_a_server() {
+    init();
+    thread::spawn(|| {
+        let group = Group::new();
+        let s = Server::register(&group);
+        // SAFETY: the child uses the emulator (reset by its atfork handler) and leaves with
+        // _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let mut code = 0;
+            if kernel::umcg_wait(0, 0) != Err(UmcgError::Errno(Errno::EINVAL)) {
+                code |= 1;
+            }
+            let t = Box::new(UmcgTask::new_server());
+            if ctl(UMCG_CTL_REGISTER, &*t) != Ok(Ctl::Done) {
+                code |= 2;
+            }
+            if ctl(UMCG_CTL_UNREGISTER, std::ptr::null()) != Ok(Ctl::Done) {
+                code |= 4;
+            }
+            // SAFETY: leave the child without running the parent's destructors.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status));
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "child checks failed (bit mask)"
+        );
+        // The parent is still registered: a timed wait times out.
+        s.task.store_state(StateWord(UMCG_TASK_IDLE));
+        assert_eq!(
+            kernel::umcg_wait(0, 1),
+            Err(UmcgError::Errno(Errno::ETIMEDOUT))
+        );
+        s.task.store_state(StateWord(UMCG_TASK_RUNNING));
+    })
+    .join()
+    .unwrap();
+}

@@ -257,3 +257,46 @@ fn builder_errors() {
         Err(umcg_runtime::Error::NoServers)
     ));
 }
+
+/// fork in a worker: the child is not registered, the runtime refuses to work there with a
+/// clear error (its servers do not exist in the child), and the parent is unaffected.
+#[test]
+fn fork_in_a_worker() {
+    let rt = rt(2);
+    let h = rt.spawn(|| {
+        // SAFETY: the child only makes async-signal-safe-enough calls (atomics, the
+        // emulator's registry which the atfork handler reset, malloc which glibc makes
+        // fork-safe) and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let mut code = 0;
+            if umcg_runtime::kernel::current_tid() != 0 {
+                code |= 1; // the child must not be registered
+            }
+            if umcg_runtime::kernel::umcg_wait(0, 0)
+                != Err(umcg_runtime::kernel::UmcgError::Errno(
+                    umcg_runtime::sys::Errno::EINVAL,
+                ))
+            {
+                code |= 2;
+            }
+            match umcg_runtime::spawn(|| 1).join() {
+                Err(e) if e.to_string().contains("forked child") => {}
+                _ => code |= 4,
+            }
+            // SAFETY: leave the child without running the parent's destructors.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(r, pid);
+        assert!(libc::WIFEXITED(status), "child died: {status:#x}");
+        libc::WEXITSTATUS(status)
+    });
+    assert_eq!(h.join().unwrap(), 0, "child checks failed (bit mask)");
+    // The parent runtime still works.
+    assert_eq!(rt.spawn(|| 5).join().unwrap(), 5);
+    rt.shutdown().unwrap();
+}

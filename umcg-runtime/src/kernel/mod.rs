@@ -45,6 +45,14 @@
 //! - Same-CPU placement ([`Placement::SameCpu`], the emulation of `WF_CURRENT_CPU`): a worker
 //!   woken by a context switch is pinned to the waker's CPU before the wake, when it differs.
 //!
+//! # fork
+//!
+//! As in the kernel (spec §4.6), the child of a `fork` is not registered: the forking thread
+//! is the child's only thread and its registration is dropped (`umcg_wait` returns
+//! `EINVAL`), the child's task table is empty, and the parent is unaffected. The child may
+//! register anew. Shared lists copied into the child still name the parent's tasks; the
+//! child's kernel rejects those nodes (they are not in its registry).
+//!
 //! Contract violations the kernel answered with SIGSEGV/SIGKILL are reported with a message
 //! naming the violation and the task, then the process aborts, or, under
 //! [`OnViolation::ReturnError`], they come back as [`UmcgError::Violation`].
@@ -68,8 +76,8 @@ pub use error::{
 };
 use preempt::EmulatorSection;
 pub use preempt::{KICK_SIGNAL, no_preempt, umcg_kick};
-pub use registry::registered_tasks;
 use registry::{IdleFd, KTask, Table};
+pub use registry::{fork_generation, registered_tasks};
 
 /// How idle servers are woken when a worker unblocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -182,8 +182,19 @@ fn registry() -> &'static Registry {
     }
 }
 
+/// Incremented in every forked child (see [`fork_generation`]).
+static FORK_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many forks separate this process from the one that first used the emulator: 0 in
+/// the original process. A runtime records it when built and refuses to work in a child.
+pub fn fork_generation() -> u64 {
+    install_atfork();
+    FORK_GENERATION.load(Ordering::Acquire)
+}
+
 extern "C" fn atfork_child() {
-    // Async-signal-safe: two atomic stores. The parent's table (and whatever lock state it
+    FORK_GENERATION.fetch_add(1, Ordering::AcqRel);
+    // Async-signal-safe: atomic stores only. The parent's table (and whatever lock state it
     // was in) is abandoned; the child starts with no registered task.
     REGISTRY.store(core::ptr::null_mut(), Ordering::Release);
     CURRENT.with(|c| c.set(core::ptr::null()));
