@@ -268,6 +268,8 @@ pub(crate) fn is_registered() -> bool {
 /// it).
 pub(crate) fn register_current(k: KTask) -> Result<Arc<KTask>, Errno> {
     install_atfork();
+    static GLOBAL_HASH: Once = Once::new();
+    GLOBAL_HASH.call_once(crate::sys::futex::use_global_futex_hash);
     let k = Arc::new(k);
     {
         let mut t = write();
