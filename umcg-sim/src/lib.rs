@@ -1,4 +1,750 @@
 //! `umcg-sim`: synchronous idle-server handoff (UMCG v0.3's tag-bit list) against fd-based
 //! idle wakeup (eventfd + epoll), measured on real threads and in a calibrated model.
 //!
-//! Status: not built yet (issue 5). The CLI says so instead of printing made-up numbers.
+//! The question (spec §8.2): when a worker unblocks and needs a server, the v0.3 kernel pops
+//! an idle server from a lock-free list in user memory and wakes exactly that thread; Delisle
+//! asked why idle servers do not simply sleep on an eventfd. This crate measures both, and
+//! the variants in between, on the same workload.
+//!
+//! - This file: the [`IdleWakeup`] trait and one implementation per [`Mechanism`].
+//! - [`harness`]: the real-thread workload (servers pinned round-robin, open-loop Poisson
+//!   unblock events raised by worker threads), latency in an HDR histogram, CPU time and
+//!   context switches from `getrusage`.
+//! - [`baseline`]: raw futex / eventfd / epoll ping-pong and "wake one of K" floors.
+//! - [`model`]: the calibrated discrete-event simulation and its calibration file.
+//! - [`report`]: tables, CSV, JSON and SVG plots.
+//! - [`os`]: clocks, `getrusage`, timer slack and machine facts (libc directly:
+//!   `umcg_runtime::sys` has no CPU-time clock nor `getrusage`).
+//!
+//! # The protocol every mechanism implements
+//!
+//! Waker (the unblocking worker's thread, where the v0.3 kernel ran its wake hook, §2.5.2):
+//! 1. push the event on the run queue (the idle-worker list of the real interface);
+//! 2. `fence(SeqCst)`;
+//! 3. [`IdleWakeup::wake_one`]: find, claim and wake one idle server (or signal an fd).
+//!
+//! Server, when the run queue is empty, [`IdleWakeup::idle`]:
+//! 1. announce itself idle (state IDLE and push itself on the list, offer itself in the
+//!    slot, or nothing for a shared fd);
+//! 2. `fence(SeqCst)`, re-check the run queue: work found → take itself back and return;
+//! 3. sleep until claimed and woken (or until the fd is readable).
+//!
+//! The two fences make a lost wakeup impossible: whichever side comes second sees the other
+//! (the argument of `umcg_abi::idle_servers`, "Lost wakeups"). The fd mechanisms need no
+//! fence: the eventfd counter persists, so a write that lands before the server's
+//! `epoll_wait` makes that wait return at once.
+//!
+//! The `list` mechanism reproduces the kernel's wake hook step for step with the umcg-abi
+//! list and the umcg-runtime futex wrapper (pop with the `2 × nr_cpu_ids` bound, exactly
+//! IDLE→exactly RUNNING, `FUTEX_WAKE` of the state word), rather than registering tasks with
+//! the emulated kernel: the kernel's hooks also take its registry lock and validate list heads
+//! on every wake, costs that the real kernel does not have and that would be charged to the
+//! list alone; and the kernel offers only two of the six mechanisms.
+//!
+//! # Memory ordering
+//!
+//! Server states are `UmcgTask::state` words (or padded `AtomicU32`s for the slot): the
+//! waker's IDLE→RUNNING CAS is `AcqRel` and pairs with the server's `Acquire` load after its
+//! futex wait returns. The `fence(SeqCst)`s are the store-then-check pairs above. The list and
+//! the slot carry their own ordering notes in umcg-abi.
+
+pub mod baseline;
+pub mod harness;
+pub mod model;
+pub mod os;
+pub mod report;
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering, fence};
+
+use umcg_abi::idle_servers::{IdleServerList, Pop, Push};
+use umcg_abi::v0_9::IdleServerSlot;
+use umcg_abi::{StateWord, TaskState, UMCG_TASK_IDLE, UMCG_TASK_RUNNING, UmcgTask};
+use umcg_runtime::sys::{self, Epoll, EpollEvent, Errno, EventFd};
+
+/// The idle-wakeup mechanisms compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mechanism {
+    /// v0.3: pop from the tag-bit list, CAS IDLE→RUNNING, targeted `FUTEX_WAKE`.
+    List,
+    /// One shared eventfd, every server in its own epoll with `EPOLLEXCLUSIVE`; the waker
+    /// writes the fd on every event (Delisle's proposal).
+    EpollExclusive,
+    /// The server is chosen from the tag-bit list as in v0.3 and woken through its own
+    /// eventfd (what the emulated kernel's `IdleWakeup::EventFd` does).
+    EventFdPerServer,
+    /// One shared eventfd without `EPOLLEXCLUSIVE`: every idle server wakes (the herd).
+    Herd,
+    /// v0.9.1: one idle-server slot (XCHG with 0), the other idle servers in a user-space
+    /// stack, rotated in by the servers themselves (libumcg).
+    Slot,
+    /// The unblocking worker claims an idle server from the tag-bit list and runs on at once
+    /// in its own thread: no wakeup at all (what a synchronous same-CPU switch would give).
+    Adopt,
+}
+
+impl Mechanism {
+    /// Every mechanism, in table order.
+    pub const ALL: [Mechanism; 6] = [
+        Mechanism::List,
+        Mechanism::EpollExclusive,
+        Mechanism::EventFdPerServer,
+        Mechanism::Herd,
+        Mechanism::Slot,
+        Mechanism::Adopt,
+    ];
+
+    /// The short name used on the command line and in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::List => "list",
+            Mechanism::EpollExclusive => "epoll-excl",
+            Mechanism::EventFdPerServer => "eventfd-per-server",
+            Mechanism::Herd => "herd",
+            Mechanism::Slot => "slot",
+            Mechanism::Adopt => "adopt",
+        }
+    }
+
+    /// One line saying what it is.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Mechanism::List => "v0.3 tag-bit list pop + IDLE->RUNNING CAS + targeted FUTEX_WAKE",
+            Mechanism::EpollExclusive => {
+                "shared eventfd written per event, servers in epoll_wait with EPOLLEXCLUSIVE"
+            }
+            Mechanism::EventFdPerServer => {
+                "tag-bit list pop + CAS, then write the chosen server's own eventfd (epoll)"
+            }
+            Mechanism::Herd => "shared eventfd, epoll without EPOLLEXCLUSIVE (thundering herd)",
+            Mechanism::Slot => "v0.9.1 single idle-server slot (XCHG), user-space stack behind it",
+            Mechanism::Adopt => "waker claims an idle server and runs the worker itself, no wake",
+        }
+    }
+
+    /// Parse a [`Mechanism::name`].
+    pub fn from_name(s: &str) -> Option<Mechanism> {
+        Mechanism::ALL.into_iter().find(|m| m.name() == s)
+    }
+}
+
+/// What [`IdleWakeup::wake_one`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// A specific idle server was claimed and woken.
+    Woken,
+    /// An fd was signalled; whether anyone sleeps on it is the kernel's business.
+    Signalled,
+    /// No idle server was visible; the event waits in the run queue.
+    NoIdle,
+    /// A server was claimed but had already left idle by itself (it found the work).
+    Raced,
+    /// The mechanism failed (corrupt list, a failed system call); counted, never fatal.
+    Failed,
+}
+
+/// How [`IdleWakeup::idle`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Idle {
+    /// The re-check after announcing idle found work (or stop); the server never slept.
+    Recheck,
+    /// The server slept and was woken (or its fd became readable).
+    Woken,
+    /// The run is stopping.
+    Stopped,
+}
+
+/// What the server sees of the workload while idle.
+pub trait Work: Sync {
+    /// The run queue holds at least one event.
+    fn pending(&self) -> bool;
+    /// The run is over: leave idle for good.
+    fn stopping(&self) -> bool;
+}
+
+/// One idle-wakeup mechanism: how an idle server is announced, found, claimed and woken.
+pub trait IdleWakeup: Send + Sync {
+    /// Which mechanism this is.
+    fn mechanism(&self) -> Mechanism;
+
+    /// Server `server` found the run queue empty: announce idle, re-check, sleep (module doc,
+    /// server steps 1–3). Returns when there may be work, or when stopping.
+    fn idle(&self, server: usize, work: &dyn Work) -> Idle;
+
+    /// An event was pushed and fenced: claim and wake one idle server (module doc, waker
+    /// step 3).
+    fn wake_one(&self) -> Wake;
+
+    /// `Adopt` only: claim an idle server without waking it; the caller runs the worker.
+    fn claim(&self) -> Option<usize> {
+        None
+    }
+
+    /// `Adopt` only: give back a server taken by [`IdleWakeup::claim`] (it is idle again).
+    fn release(&self, _server: usize) {}
+
+    /// `Adopt` only: the CPU of `server`, where a claimer runs the worker.
+    fn server_cpu(&self, _server: usize) -> Option<usize> {
+        None
+    }
+
+    /// A server that just woke may pass work on to another (the slot's user-space stack).
+    fn after_wake(&self, _server: usize, _work: &dyn Work) {}
+
+    /// Wake every sleeping server so it sees the stop flag (called until all have left).
+    fn wake_all(&self);
+}
+
+/// Build the mechanism `m` for `servers` servers, server `i` pinned to
+/// `cpus[i % cpus.len()]` (`adopt` prefers a server of the claimer's CPU).
+pub fn build(m: Mechanism, servers: usize, cpus: &[usize]) -> Result<Box<dyn IdleWakeup>, Errno> {
+    Ok(match m {
+        Mechanism::List => Box::new(ListHandoff::new(servers, Channel::Futex, m)?),
+        Mechanism::EventFdPerServer => Box::new(ListHandoff::new(servers, Channel::EventFd, m)?),
+        Mechanism::Adopt => Box::new(AdoptHandoff::new(servers, cpus)),
+        Mechanism::EpollExclusive => Box::new(SharedFd::new(servers, true)?),
+        Mechanism::Herd => Box::new(SharedFd::new(servers, false)?),
+        Mechanism::Slot => Box::new(SlotHandoff::new(servers)),
+    })
+}
+
+const IDLE: StateWord = StateWord(UMCG_TASK_IDLE);
+const RUNNING: StateWord = StateWord(UMCG_TASK_RUNNING);
+
+/// An eventfd registered in an epoll instance of its own (the emulated kernel's `IdleFd`).
+#[derive(Debug)]
+struct FdWaiter {
+    efd: EventFd,
+    ep: Epoll,
+}
+
+impl FdWaiter {
+    fn own() -> Result<Self, Errno> {
+        let efd = EventFd::new_nonblocking()?;
+        let ep = Epoll::new()?;
+        ep.add(&efd, 0, false)?;
+        Ok(FdWaiter { efd, ep })
+    }
+
+    /// Sleep until the fd is readable (a signal already pending returns at once), then drain.
+    fn wait(&self) {
+        if let Ok(n) = self.efd.drain()
+            && n > 0
+        {
+            return;
+        }
+        let mut ev = [EpollEvent::empty()];
+        let _ = self.ep.wait(&mut ev, None);
+        let _ = self.efd.drain();
+    }
+}
+
+/// How a server chosen from the list sleeps and is woken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Channel {
+    Futex,
+    EventFd,
+}
+
+/// `list`, `eventfd-per-server` and `adopt`: servers on the v0.3 tag-bit list.
+#[derive(Debug)]
+struct ListHandoff {
+    mechanism: Mechanism,
+    /// Boxed: the head word's address is every node's reset value and must not move.
+    list: Box<IdleServerList>,
+    /// The servers' tasks; nodes are their `idle_servers_ptr` fields (boxed slice, fixed).
+    tasks: Box<[UmcgTask]>,
+    fds: Option<Box<[FdWaiter]>>,
+    bound: usize,
+}
+
+impl ListHandoff {
+    fn new(servers: usize, channel: Channel, mechanism: Mechanism) -> Result<Self, Errno> {
+        let list = Box::new(IdleServerList::new());
+        let tasks: Box<[UmcgTask]> = (0..servers).map(|_| UmcgTask::new_server()).collect();
+        for t in tasks.iter() {
+            list.prepare(t);
+        }
+        let fds = match channel {
+            Channel::Futex => None,
+            Channel::EventFd => Some(
+                (0..servers)
+                    .map(|_| FdWaiter::own())
+                    .collect::<Result<Box<[_]>, _>>()?,
+            ),
+        };
+        // The v0.3 kernel's bound is 2 × nr_cpu_ids leading deleted nodes; with more servers
+        // than that (more servers than CPUs, which the CLI warns about) it would kill the
+        // waker, so the bound grows with the servers instead.
+        let bound = 2 * sys::nr_cpu_ids().max(servers);
+        Ok(ListHandoff {
+            mechanism,
+            list,
+            tasks,
+            fds,
+            bound,
+        })
+    }
+
+    fn index_of(&self, t: *const UmcgTask) -> Option<usize> {
+        let base = self.tasks.as_ptr().addr();
+        let off = t.addr().checked_sub(base)?;
+        let i = off / size_of::<UmcgTask>();
+        (off % size_of::<UmcgTask>() == 0 && i < self.tasks.len()).then_some(i)
+    }
+
+    /// Announce `t` idle: reclaim its node if it was popped, IDLE, push, fence.
+    fn announce(&self, t: &UmcgTask) -> bool {
+        if self.list.reclaim(t).is_err() {
+            return false;
+        }
+        t.store_state(IDLE); // RUNNING=>IDLE
+        // SAFETY: `t` is an element of `self.tasks`, a boxed slice that neither moves nor is
+        // freed before `self` is dropped, which happens after every thread using `self` was
+        // joined; only the server's own thread (or, for `Adopt`, the one claimer holding the
+        // popped node) pushes a given node, never two threads at once.
+        let pushed = unsafe { self.list.push(t) };
+        fence(Ordering::SeqCst);
+        matches!(pushed, Ok(Push::Pushed | Push::ClaimedWhilePushing))
+    }
+
+    /// Take `t` off the list by itself and make it RUNNING; a popper that claimed it first
+    /// finds RUNNING and gives up (the kernel's H8 behaviour).
+    fn leave(&self, t: &UmcgTask) {
+        let _ = self.list.remove(t);
+        let _ = t.cas_word(IDLE, RUNNING); // IDLE=>RUNNING
+    }
+
+    fn sleep(&self, server: usize, t: &UmcgTask) {
+        match &self.fds {
+            Some(fds) => fds[server].wait(),
+            None => {
+                let _ = sys::futex_wait(&t.state, UMCG_TASK_IDLE, None);
+            }
+        }
+    }
+
+    fn pop(&self) -> Result<Option<usize>, ()> {
+        match self.list.pop(self.bound) {
+            Pop::Got(node) => self.index_of(node.task()).map(Some).ok_or(()),
+            Pop::Empty => Ok(None),
+            Pop::BoundExceeded | Pop::Corrupt(_) => Err(()),
+        }
+    }
+}
+
+impl IdleWakeup for ListHandoff {
+    fn mechanism(&self) -> Mechanism {
+        self.mechanism
+    }
+
+    fn idle(&self, server: usize, work: &dyn Work) -> Idle {
+        let t = &self.tasks[server];
+        if !self.announce(t) {
+            return Idle::Recheck;
+        }
+        if work.pending() || work.stopping() {
+            self.leave(t);
+            return Idle::Recheck;
+        }
+        loop {
+            if t.load_state().state() == TaskState::Running {
+                return Idle::Woken;
+            }
+            if work.stopping() {
+                self.leave(t);
+                return Idle::Stopped;
+            }
+            self.sleep(server, t);
+        }
+    }
+
+    fn wake_one(&self) -> Wake {
+        match self.pop() {
+            Ok(Some(i)) => {
+                let t = &self.tasks[i];
+                match t.cas_word(IDLE, RUNNING) {
+                    // IDLE=>RUNNING, then wake (the kernel's wake_server).
+                    Ok(_) => {
+                        match &self.fds {
+                            Some(fds) => {
+                                if fds[i].efd.signal().is_err() {
+                                    return Wake::Failed;
+                                }
+                            }
+                            None => {
+                                sys::futex_wake(&t.state, 1);
+                            }
+                        }
+                        Wake::Woken
+                    }
+                    Err(_) => Wake::Raced,
+                }
+            }
+            Ok(None) => Wake::NoIdle,
+            Err(()) => Wake::Failed,
+        }
+    }
+
+    fn wake_all(&self) {
+        for (i, t) in self.tasks.iter().enumerate() {
+            sys::futex_wake(&t.state, i32::MAX);
+            if let Some(fds) = &self.fds {
+                let _ = fds[i].efd.signal();
+            }
+        }
+    }
+}
+
+/// `adopt`: each server is a token (IDLE = free); the unblocking worker claims one, the one
+/// of its own CPU if free, and runs the worker itself (moving to the token's CPU if it had to
+/// take another CPU's). The server threads only sleep until the stop.
+#[derive(Debug)]
+struct AdoptHandoff {
+    cpus: Box<[usize]>,
+    tokens: Box<[Padded]>,
+    parked: Box<[Padded]>,
+}
+
+impl AdoptHandoff {
+    fn new(servers: usize, cpus: &[usize]) -> Self {
+        AdoptHandoff {
+            cpus: (0..servers)
+                .map(|i| cpus.get(i % cpus.len().max(1)).copied().unwrap_or(0))
+                .collect(),
+            tokens: (0..servers)
+                .map(|_| Padded(AtomicU32::new(UMCG_TASK_IDLE)))
+                .collect(),
+            parked: (0..servers).map(|_| Padded(AtomicU32::new(0))).collect(),
+        }
+    }
+
+    fn try_claim(&self, i: usize) -> bool {
+        // IDLE=>RUNNING.
+        self.tokens[i]
+            .0
+            .compare_exchange(
+                UMCG_TASK_IDLE,
+                UMCG_TASK_RUNNING,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+}
+
+impl IdleWakeup for AdoptHandoff {
+    fn mechanism(&self) -> Mechanism {
+        Mechanism::Adopt
+    }
+
+    fn idle(&self, server: usize, work: &dyn Work) -> Idle {
+        let w = &self.parked[server].0;
+        while !work.stopping() {
+            let _ = sys::futex_wait(w, 0, None);
+        }
+        Idle::Stopped
+    }
+
+    fn wake_one(&self) -> Wake {
+        Wake::NoIdle
+    }
+
+    fn claim(&self) -> Option<usize> {
+        let cpu = sys::current_cpu();
+        let n = self.tokens.len();
+        (0..n)
+            .filter(|&i| self.cpus[i] == cpu)
+            .chain((0..n).filter(|&i| self.cpus[i] != cpu))
+            .find(|&i| self.try_claim(i))
+    }
+
+    fn release(&self, server: usize) {
+        // RUNNING=>IDLE, then the releaser's fence before its re-check of the run queue.
+        self.tokens[server]
+            .0
+            .store(UMCG_TASK_IDLE, Ordering::Release);
+        fence(Ordering::SeqCst);
+    }
+
+    fn server_cpu(&self, server: usize) -> Option<usize> {
+        self.cpus.get(server).copied()
+    }
+
+    fn wake_all(&self) {
+        for p in self.parked.iter() {
+            p.0.store(1, Ordering::Release);
+            sys::futex_wake(&p.0, i32::MAX);
+        }
+    }
+}
+
+/// `epoll-excl` and `herd`: one eventfd shared by all servers, each in its own epoll.
+#[derive(Debug)]
+struct SharedFd {
+    exclusive: bool,
+    efd: EventFd,
+    eps: Box<[Epoll]>,
+}
+
+impl SharedFd {
+    fn new(servers: usize, exclusive: bool) -> Result<Self, Errno> {
+        let efd = EventFd::new_nonblocking()?;
+        let eps = (0..servers)
+            .map(|i| {
+                let ep = Epoll::new()?;
+                ep.add(&efd, i as u64, exclusive)?;
+                Ok(ep)
+            })
+            .collect::<Result<Box<[_]>, Errno>>()?;
+        Ok(SharedFd {
+            exclusive,
+            efd,
+            eps,
+        })
+    }
+}
+
+impl IdleWakeup for SharedFd {
+    fn mechanism(&self) -> Mechanism {
+        if self.exclusive {
+            Mechanism::EpollExclusive
+        } else {
+            Mechanism::Herd
+        }
+    }
+
+    fn idle(&self, server: usize, work: &dyn Work) -> Idle {
+        // Nothing to announce: the waker writes the fd on every event, and the counter
+        // persists until drained, so no fence is needed between check and wait.
+        if work.pending() || work.stopping() {
+            return Idle::Recheck;
+        }
+        let mut ev = [EpollEvent::empty()];
+        let _ = self.eps[server].wait(&mut ev, None);
+        let _ = self.efd.drain();
+        if work.stopping() {
+            Idle::Stopped
+        } else {
+            Idle::Woken
+        }
+    }
+
+    fn wake_one(&self) -> Wake {
+        match self.efd.signal() {
+            Ok(()) => Wake::Signalled,
+            Err(_) => Wake::Failed,
+        }
+    }
+
+    fn wake_all(&self) {
+        let _ = self.efd.signal();
+    }
+}
+
+/// One cache line per server state word.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Padded(AtomicU32);
+
+/// `slot` (v0.9.1 §4.8, libumcg §4.10): the kernel sees one idle server; the others wait in
+/// a user-space stack. The slot holds a server id + 1 where the kernel had a TID (the
+/// kernel's `find_task_by_vpid` becomes an array index).
+#[derive(Debug)]
+struct SlotHandoff {
+    slot: IdleServerSlot,
+    states: Box<[Padded]>,
+    stack: Mutex<Vec<u32>>,
+}
+
+impl SlotHandoff {
+    fn new(servers: usize) -> Self {
+        SlotHandoff {
+            slot: IdleServerSlot::new(),
+            states: (0..servers)
+                .map(|_| Padded(AtomicU32::new(UMCG_TASK_RUNNING)))
+                .collect(),
+            stack: Mutex::new(Vec::with_capacity(servers)),
+        }
+    }
+
+    fn id(server: usize) -> u32 {
+        server as u32 + 1
+    }
+
+    fn stack(&self) -> std::sync::MutexGuard<'_, Vec<u32>> {
+        self.stack.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Take server `server` out of the slot or the stack, whichever holds it, and make it
+    /// RUNNING (a concurrent taker that claimed it first finds RUNNING and gives up).
+    fn leave(&self, server: usize) {
+        let id = Self::id(server);
+        if !self.slot.withdraw(id) {
+            self.stack().retain(|&x| x != id);
+        }
+        let _ = self.states[server].0.compare_exchange(
+            UMCG_TASK_IDLE,
+            UMCG_TASK_RUNNING,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ); // IDLE=>RUNNING
+    }
+
+    fn wake_id(&self, id: u32) -> Wake {
+        let Some(s) = self.states.get(id as usize - 1) else {
+            return Wake::Failed;
+        };
+        // IDLE=>RUNNING, then the targeted wake.
+        match s.0.compare_exchange(
+            UMCG_TASK_IDLE,
+            UMCG_TASK_RUNNING,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => {
+                sys::futex_wake(&s.0, 1);
+                Wake::Woken
+            }
+            Err(_) => Wake::Raced,
+        }
+    }
+}
+
+impl IdleWakeup for SlotHandoff {
+    fn mechanism(&self) -> Mechanism {
+        Mechanism::Slot
+    }
+
+    fn idle(&self, server: usize, work: &dyn Work) -> Idle {
+        let id = Self::id(server);
+        let st = &self.states[server].0;
+        st.store(UMCG_TASK_IDLE, Ordering::Release); // RUNNING=>IDLE
+        // libumcg: CAS the slot 0→own TID; if another server holds it, wait in user space.
+        if !self.slot.offer(id) {
+            self.stack().push(id);
+        }
+        fence(Ordering::SeqCst);
+        if work.pending() || work.stopping() {
+            self.leave(server);
+            return Idle::Recheck;
+        }
+        loop {
+            if st.load(Ordering::Acquire) == UMCG_TASK_RUNNING {
+                return Idle::Woken;
+            }
+            if work.stopping() {
+                self.leave(server);
+                return Idle::Stopped;
+            }
+            let _ = sys::futex_wait(st, UMCG_TASK_IDLE, None);
+        }
+    }
+
+    fn wake_one(&self) -> Wake {
+        // The kernel's XCHG(slot, 0).
+        match self.slot.take() {
+            Some(id) => self.wake_id(id),
+            None => Wake::NoIdle,
+        }
+    }
+
+    fn after_wake(&self, _server: usize, work: &dyn Work) {
+        // Rotate a user-space idle server into the empty slot (§4.8), and if more work is
+        // queued wake one from the stack (libumcg's umcg_get_idle_worker).
+        let next = self.stack().pop();
+        if let Some(id) = next
+            && !self.slot.offer(id)
+        {
+            // Slot refilled meanwhile: either wake it for queued work, or put it back.
+            if work.pending() {
+                let _ = self.wake_id(id);
+            } else {
+                self.stack().push(id);
+            }
+        }
+        if work.pending() {
+            let more = self.stack().pop();
+            if let Some(id) = more {
+                let _ = self.wake_id(id);
+            }
+        }
+    }
+
+    fn wake_all(&self) {
+        for s in self.states.iter() {
+            sys::futex_wake(&s.0, i32::MAX);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for m in Mechanism::ALL {
+            assert_eq!(Mechanism::from_name(m.name()), Some(m));
+        }
+        assert_eq!(Mechanism::from_name("nope"), None);
+    }
+
+    struct Flags(bool, bool);
+    impl Work for Flags {
+        fn pending(&self) -> bool {
+            self.0
+        }
+        fn stopping(&self) -> bool {
+            self.1
+        }
+    }
+
+    #[test]
+    fn idle_with_pending_work_does_not_sleep() {
+        for m in Mechanism::ALL {
+            if m == Mechanism::Adopt {
+                continue;
+            }
+            let mech = build(m, 2, &[0]).unwrap();
+            assert_eq!(mech.idle(0, &Flags(true, false)), Idle::Recheck, "{m:?}");
+            // Taken back: nobody is visible to a waker.
+            if matches!(
+                m,
+                Mechanism::List | Mechanism::EventFdPerServer | Mechanism::Slot
+            ) {
+                assert_eq!(mech.wake_one(), Wake::NoIdle, "{m:?}");
+            }
+        }
+    }
+
+    struct Stop(std::sync::atomic::AtomicBool);
+    impl Work for Stop {
+        fn pending(&self) -> bool {
+            false
+        }
+        fn stopping(&self) -> bool {
+            self.0.load(Ordering::Acquire)
+        }
+    }
+
+    #[test]
+    fn adopt_claims_and_releases() {
+        let mech = build(Mechanism::Adopt, 1, &[0]).unwrap();
+        let stop = Stop(std::sync::atomic::AtomicBool::new(false));
+        std::thread::scope(|s| {
+            let h = s.spawn(|| mech.idle(0, &stop));
+            // Every server is free from the start: its thread only sleeps until the stop.
+            assert_eq!(mech.claim(), Some(0));
+            assert_eq!(mech.claim(), None);
+            mech.release(0);
+            assert_eq!(mech.claim(), Some(0));
+            stop.0.store(true, Ordering::Release);
+            while !h.is_finished() {
+                mech.wake_all();
+                std::thread::yield_now();
+            }
+            assert_eq!(h.join().unwrap(), Idle::Stopped);
+        });
+    }
+}

@@ -1,0 +1,556 @@
+//! Raw floors measured in the same run as the mechanisms (LIMITS.md: absolute figures drift
+//! 10–70 % with load from other work, so only same-run ratios are comparable):
+//!
+//! - ping-pong handoffs (half a round trip) over a futex word, a pair of blocking eventfds,
+//!   and a pair of eventfds each behind an epoll, with both threads on one CPU and on two;
+//! - "wake one of K idle threads": a waker on the first CPU, K sleepers on the last, woken
+//!   by a targeted `FUTEX_WAKE`, a shared eventfd with `EPOLLEXCLUSIVE`, or a shared eventfd
+//!   without (the herd); latency from the waker's timestamp to the woken thread running, and
+//!   the sleepers' CPU time per wakeup (`RUSAGE_THREAD`), as in LIMITS.md's table;
+//! - the cost of entering the kernel (`gettid`) and of one timed sleep-and-wake of a thread
+//!   (what every worker pays per event in the harness).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use umcg_runtime::sys::{self, Deadline, Epoll, EpollEvent, EventFd};
+
+use crate::harness::new_histogram;
+use crate::os::{Usage, now_ns, tight_timer_slack};
+
+/// One baseline figure.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Baseline {
+    /// Key, e.g. `futex_pingpong_cross`.
+    pub name: String,
+    /// Human placement, e.g. "CPU 0 <-> CPU 1".
+    pub placement: String,
+    /// Median, ns.
+    pub p50_ns: f64,
+    /// 99th percentile, ns.
+    pub p99_ns: f64,
+    /// CPU time per operation of the threads that matter (see each), ns; 0 if not measured.
+    pub cpu_ns: f64,
+}
+
+fn from_hist(name: &str, placement: String, h: &Histogram<u64>, cpu_ns: f64) -> Baseline {
+    Baseline {
+        name: name.to_string(),
+        placement,
+        p50_ns: h.value_at_quantile(0.5) as f64,
+        p99_ns: h.value_at_quantile(0.99) as f64,
+        cpu_ns,
+    }
+}
+
+/// The two CPUs used: the first and the last allowed one (the same if only one).
+pub fn cpu_pair() -> (usize, usize) {
+    let cpus = sys::allowed_cpus().unwrap_or_default();
+    match (cpus.first(), cpus.last()) {
+        (Some(&a), Some(&b)) => (a, b),
+        _ => (0, 0),
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Pipe {
+    Futex,
+    EventFd,
+    Epoll,
+}
+
+/// A ping-pong of `iters` round trips between a thread on `a` and one on `b`; records half
+/// of each round trip. The responder's CPU per handoff is reported.
+fn pingpong(
+    kind: Pipe,
+    a: usize,
+    b: usize,
+    iters: usize,
+) -> Result<(Histogram<u64>, f64), sys::Errno> {
+    let mut h = new_histogram();
+    let word = Arc::new(AtomicU32::new(0));
+    let (e1, e2) = match kind {
+        Pipe::Futex => (None, None),
+        Pipe::EventFd => (
+            Some(EventFd::new_blocking()?),
+            Some(EventFd::new_blocking()?),
+        ),
+        Pipe::Epoll => (
+            Some(EventFd::new_nonblocking()?),
+            Some(EventFd::new_nonblocking()?),
+        ),
+    };
+    let (e1, e2) = (Arc::new(e1), Arc::new(e2));
+    let ep_for = |e: &Option<EventFd>| -> Result<Option<Epoll>, sys::Errno> {
+        match (kind, e) {
+            (Pipe::Epoll, Some(e)) => {
+                let ep = Epoll::new()?;
+                ep.add(e, 0, false)?;
+                Ok(Some(ep))
+            }
+            _ => Ok(None),
+        }
+    };
+    let ep_a = ep_for(&e2)?;
+    let ep_b = ep_for(&e1)?;
+    fn wait_fd(e: &EventFd, ep: &Option<Epoll>) {
+        match ep {
+            None => {
+                let _ = e.drain();
+            }
+            Some(ep) => loop {
+                if e.drain().unwrap_or(0) > 0 {
+                    return;
+                }
+                let mut ev = [EpollEvent::empty()];
+                let _ = ep.wait(&mut ev, Some(Duration::from_secs(5)));
+            },
+        }
+    }
+    let responder = {
+        let (word, e1, e2) = (word.clone(), e1.clone(), e2.clone());
+        std::thread::spawn(move || {
+            let _ = sys::pin_to_cpu(b);
+            let u0 = Usage::thread();
+            for _ in 0..iters {
+                match (&*e1, &*e2) {
+                    (Some(e1), Some(e2)) => {
+                        wait_fd(e1, &ep_b);
+                        let _ = e2.signal();
+                    }
+                    _ => {
+                        while word.load(Ordering::Acquire) != 1 {
+                            let _ = sys::futex_wait(
+                                &word,
+                                0,
+                                Some(Deadline::after(Duration::from_secs(5))),
+                            );
+                        }
+                        word.store(0, Ordering::Release);
+                        sys::futex_wake(&word, 1);
+                    }
+                }
+            }
+            Usage::thread().since(u0)
+        })
+    };
+    let _ = sys::pin_to_cpu(a);
+    for _ in 0..iters {
+        let t0 = now_ns();
+        match (&*e1, &*e2) {
+            (Some(e1), Some(e2)) => {
+                let _ = e1.signal();
+                wait_fd(e2, &ep_a);
+            }
+            _ => {
+                word.store(1, Ordering::Release);
+                sys::futex_wake(&word, 1);
+                while word.load(Ordering::Acquire) != 0 {
+                    let _ =
+                        sys::futex_wait(&word, 1, Some(Deadline::after(Duration::from_secs(5))));
+                }
+            }
+        }
+        h.saturating_record(((now_ns() - t0) / 2).max(1));
+    }
+    let u = responder.join().unwrap_or_default();
+    Ok((h, u.cpu_ns as f64 / iters.max(1) as f64))
+}
+
+/// How one of K idle threads is woken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WakeKind {
+    /// Each sleeper on its own futex word; the waker wakes one by address.
+    Futex,
+    /// One shared eventfd, each sleeper in its own epoll with `EPOLLEXCLUSIVE`.
+    Exclusive,
+    /// One shared eventfd, each sleeper in its own epoll without it.
+    Herd,
+}
+
+impl WakeKind {
+    /// Name used in keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            WakeKind::Futex => "futex",
+            WakeKind::Exclusive => "epollexclusive",
+            WakeKind::Herd => "herd",
+        }
+    }
+}
+
+/// Waker on `waker_cpu`, `k` sleepers on `sleeper_cpu`; `iters` wakeups. Returns latency
+/// (waker timestamp → woken thread running) and the sleepers' CPU time per wakeup.
+pub fn wake_one_of_k(
+    kind: WakeKind,
+    k: usize,
+    waker_cpu: usize,
+    sleeper_cpu: usize,
+    iters: usize,
+) -> Result<(Histogram<u64>, f64, f64), sys::Errno> {
+    let k = k.max(1);
+    let mut call = new_histogram();
+    let words: Arc<Vec<AtomicU32>> = Arc::new((0..k).map(|_| AtomicU32::new(0)).collect());
+    let efd = Arc::new(EventFd::new_nonblocking()?);
+    let ts = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU32::new(0));
+    let asleep = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicU32::new(0));
+    let mut eps = Vec::new();
+    if kind != WakeKind::Futex {
+        for i in 0..k {
+            let ep = Epoll::new()?;
+            ep.add(&*efd, i as u64, kind == WakeKind::Exclusive)?;
+            eps.push(ep);
+        }
+    }
+    let mut eps = eps.into_iter();
+    let sleepers: Vec<_> = (0..k)
+        .map(|i| {
+            let (words, efd, ts, done, asleep, stop) = (
+                words.clone(),
+                efd.clone(),
+                ts.clone(),
+                done.clone(),
+                asleep.clone(),
+                stop.clone(),
+            );
+            let ep = eps.next();
+            std::thread::spawn(move || {
+                let _ = sys::pin_to_cpu(sleeper_cpu);
+                let mut h = new_histogram();
+                let u0 = Usage::thread();
+                loop {
+                    asleep.fetch_add(1, Ordering::AcqRel);
+                    let won = match &ep {
+                        None => {
+                            let w = &words[i];
+                            while w.load(Ordering::Acquire) == 0
+                                && stop.load(Ordering::Acquire) == 0
+                            {
+                                let _ = sys::futex_wait(w, 0, None);
+                            }
+                            w.swap(0, Ordering::AcqRel) == 1
+                        }
+                        Some(ep) => {
+                            let mut ev = [EpollEvent::empty()];
+                            let _ = ep.wait(&mut ev, None);
+                            efd.drain().unwrap_or(0) > 0
+                        }
+                    };
+                    let now = now_ns();
+                    asleep.fetch_sub(1, Ordering::AcqRel);
+                    if stop.load(Ordering::Acquire) != 0 {
+                        break;
+                    }
+                    if won {
+                        h.saturating_record(now.saturating_sub(ts.load(Ordering::Acquire)).max(1));
+                        done.fetch_add(1, Ordering::AcqRel);
+                        sys::futex_wake(&done, 1);
+                    }
+                }
+                (h, Usage::thread().since(u0))
+            })
+        })
+        .collect();
+    let _ = sys::pin_to_cpu(waker_cpu);
+    let settle = |want: usize| {
+        let t0 = now_ns();
+        while asleep.load(Ordering::Acquire) < want && now_ns() - t0 < 1_000_000_000 {
+            std::thread::sleep(Duration::from_micros(20));
+        }
+        // Let the last one reach its sleep inside the system call.
+        std::thread::sleep(Duration::from_micros(30));
+    };
+    for it in 0..iters {
+        settle(k);
+        let t0 = now_ns();
+        ts.store(t0, Ordering::Release);
+        match kind {
+            WakeKind::Futex => {
+                let w = &words[it % k];
+                w.store(1, Ordering::Release);
+                sys::futex_wake(w, 1);
+            }
+            _ => {
+                let _ = efd.signal();
+            }
+        }
+        call.saturating_record((now_ns() - t0).max(1));
+        let want = it as u32 + 1;
+        let t0 = now_ns();
+        while done.load(Ordering::Acquire) < want && now_ns() - t0 < 1_000_000_000 {
+            let d = done.load(Ordering::Acquire);
+            let _ = sys::futex_wait(&done, d, Some(Deadline::after(Duration::from_millis(10))));
+        }
+    }
+    settle(k);
+    stop.store(1, Ordering::Release);
+    // Exclusive sleepers may need several signals to all see the stop.
+    while !sleepers.iter().all(|s| s.is_finished()) {
+        for w in words.iter() {
+            sys::futex_wake(w, 1);
+        }
+        let _ = efd.signal();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut h = new_histogram();
+    let mut cpu = 0;
+    for s in sleepers {
+        if let Ok((hs, u)) = s.join() {
+            let _ = h.add(&hs);
+            cpu += u.cpu_ns;
+        }
+    }
+    Ok((
+        h,
+        cpu as f64 / iters.max(1) as f64,
+        call.value_at_quantile(0.5) as f64,
+    ))
+}
+
+/// `gettid` round trip into the kernel, ns (median of batches).
+pub fn syscall_ns(iters: usize) -> f64 {
+    let mut h = new_histogram();
+    for _ in 0..iters.div_ceil(100) {
+        let t0 = now_ns();
+        for _ in 0..100 {
+            std::hint::black_box(sys::gettid());
+        }
+        h.saturating_record(((now_ns() - t0) / 100).max(1));
+    }
+    h.value_at_quantile(0.5) as f64
+}
+
+/// CPU per timed sleep-and-wake of one thread (a timed futex wait of `nap`), ns.
+pub fn timed_wake_cpu_ns(iters: usize, nap: Duration) -> f64 {
+    let h = std::thread::spawn(move || {
+        tight_timer_slack();
+        let w = AtomicU32::new(0);
+        let u0 = Usage::thread();
+        for _ in 0..iters {
+            let _ = sys::futex_wait(&w, 0, Some(Deadline::after(nap)));
+        }
+        Usage::thread().since(u0).cpu_ns as f64 / iters.max(1) as f64
+    });
+    h.join().unwrap_or(0.0)
+}
+
+/// One claim (tag-bit list pop) plus one release (reclaim + push) of an idle server, ns: what
+/// `adopt` pays instead of a wakeup.
+pub fn list_claim_release_ns(iters: usize) -> f64 {
+    use umcg_abi::UmcgTask;
+    use umcg_abi::idle_servers::{IdleServerList, Pop};
+    let list = IdleServerList::new();
+    let t = Box::new(UmcgTask::new_server());
+    list.prepare(&t);
+    let mut h = new_histogram();
+    for _ in 0..iters.div_ceil(100) {
+        let t0 = now_ns();
+        for _ in 0..100 {
+            // SAFETY: `t` is boxed and outlives `list`'s use here; one thread pushes it.
+            let _ = unsafe { list.push(&t) };
+            if let Pop::Got(n) = list.pop(64) {
+                std::hint::black_box(n);
+            }
+            let _ = list.reclaim(&t);
+        }
+        h.saturating_record(((now_ns() - t0) / 100).max(1));
+    }
+    h.value_at_quantile(0.5) as f64
+}
+
+/// Every baseline, `iters` operations each (wake-one-of-K uses a third of that).
+pub fn run_all(iters: usize, mut progress: impl FnMut(&str)) -> Vec<Baseline> {
+    let (a, b) = cpu_pair();
+    let mut out = Vec::new();
+    let pairs: Vec<(&str, usize, usize)> = if a == b {
+        vec![("same", a, a)]
+    } else {
+        vec![("same", a, a), ("cross", a, b)]
+    };
+    for (kind, key) in [
+        (Pipe::Futex, "futex_pingpong"),
+        (Pipe::EventFd, "eventfd_pingpong"),
+        (Pipe::Epoll, "epoll_eventfd_pingpong"),
+    ] {
+        for &(place, x, y) in &pairs {
+            progress(&format!("{key}_{place}"));
+            if let Ok((h, cpu)) = pingpong(kind, x, y, iters) {
+                out.push(from_hist(
+                    &format!("{key}_{place}"),
+                    format!("CPU {x} <-> CPU {y}"),
+                    &h,
+                    cpu,
+                ));
+            }
+        }
+    }
+    for kind in [WakeKind::Futex, WakeKind::Exclusive, WakeKind::Herd] {
+        for k in [2, 8, 32] {
+            let key = format!("wake1of{k}_{}", kind.name());
+            progress(&key);
+            if let Ok((h, cpu, call)) = wake_one_of_k(kind, k, a, b, (iters / 3).max(50)) {
+                out.push(from_hist(
+                    &key,
+                    format!("waker CPU {a}, {k} sleepers CPU {b}"),
+                    &h,
+                    cpu,
+                ));
+                out.push(Baseline {
+                    name: format!("{key}_wakercall"),
+                    placement: format!("waker CPU {a}"),
+                    p50_ns: call,
+                    p99_ns: call,
+                    cpu_ns: call,
+                });
+            }
+        }
+    }
+    progress("syscall");
+    let s = syscall_ns(iters * 10);
+    out.push(Baseline {
+        name: "syscall_gettid".into(),
+        placement: "one thread".into(),
+        p50_ns: s,
+        p99_ns: s,
+        cpu_ns: s,
+    });
+    let c = list_claim_release_ns(iters * 10);
+    out.push(Baseline {
+        name: "list_claim_release".into(),
+        placement: "one thread".into(),
+        p50_ns: c,
+        p99_ns: c,
+        cpu_ns: c,
+    });
+    progress("timed_wake");
+    let c = timed_wake_cpu_ns((iters / 2).max(100), Duration::from_micros(200));
+    out.push(Baseline {
+        name: "timed_sleep_wake".into(),
+        placement: "one thread, 200 us naps".into(),
+        p50_ns: 0.0,
+        p99_ns: 0.0,
+        cpu_ns: c,
+    });
+    out
+}
+
+/// Wake one of `k` idle servers through mechanism `m` (the criterion benches' path): `k`
+/// servers on `sleeper_cpu` idle through [`crate::IdleWakeup::idle`], a waker on `waker_cpu`
+/// publishes one unit of work, fences and calls `wake_one` (`adopt`: `claim` + `release`).
+/// Latency from the waker's timestamp to a server taking the work.
+pub fn mechanism_wake_one_of_k(
+    m: crate::Mechanism,
+    k: usize,
+    waker_cpu: usize,
+    sleeper_cpu: usize,
+    iters: usize,
+) -> Result<Histogram<u64>, sys::Errno> {
+    use std::sync::atomic::{AtomicBool, fence};
+    struct W {
+        pending: AtomicU32,
+        stop: AtomicBool,
+    }
+    impl crate::Work for W {
+        fn pending(&self) -> bool {
+            self.pending.load(Ordering::Acquire) != 0
+        }
+        fn stopping(&self) -> bool {
+            self.stop.load(Ordering::Acquire)
+        }
+    }
+    let k = k.max(1);
+    let mech = crate::build(m, k, &[sleeper_cpu])?;
+    let w = W {
+        pending: AtomicU32::new(0),
+        stop: AtomicBool::new(false),
+    };
+    let ts = AtomicU64::new(0);
+    let done = AtomicU32::new(0);
+    let mut h = new_histogram();
+    std::thread::scope(|s| {
+        let servers: Vec<_> = (0..k)
+            .map(|i| {
+                let (mech, w, ts, done) = (&*mech, &w, &ts, &done);
+                s.spawn(move || {
+                    let _ = sys::pin_to_cpu(sleeper_cpu);
+                    let mut h = new_histogram();
+                    loop {
+                        if w.pending.swap(0, Ordering::AcqRel) == 1 {
+                            h.saturating_record(
+                                now_ns().saturating_sub(ts.load(Ordering::Acquire)).max(1),
+                            );
+                            done.fetch_add(1, Ordering::AcqRel);
+                            sys::futex_wake(done, 1);
+                            continue;
+                        }
+                        if w.stop.load(Ordering::Acquire) {
+                            break;
+                        }
+                        if mech.idle(i, w) == crate::Idle::Woken {
+                            mech.after_wake(i, w);
+                        }
+                    }
+                    h
+                })
+            })
+            .collect();
+        let _ = sys::pin_to_cpu(waker_cpu);
+        std::thread::sleep(Duration::from_millis(2));
+        for it in 0..iters {
+            // Let the last woken server go back to sleep.
+            std::thread::sleep(Duration::from_micros(50));
+            let t0 = now_ns();
+            ts.store(t0, Ordering::Release);
+            if let Some(tok) = mech.claim() {
+                h.saturating_record((now_ns() - t0).max(1));
+                mech.release(tok);
+                continue;
+            }
+            w.pending.store(1, Ordering::Release);
+            fence(Ordering::SeqCst);
+            let _ = mech.wake_one();
+            let want = it as u32 + 1;
+            let start = now_ns();
+            while done.load(Ordering::Acquire) < want {
+                let d = done.load(Ordering::Acquire);
+                let _ = sys::futex_wait(&done, d, Some(Deadline::after(Duration::from_millis(5))));
+                if now_ns() - start > 1_000_000_000 {
+                    mech.wake_all();
+                }
+            }
+        }
+        w.stop.store(true, Ordering::Release);
+        while !servers.iter().all(|s| s.is_finished()) {
+            mech.wake_all();
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        for s in servers {
+            if let Ok(hs) = s.join() {
+                let _ = h.add(&hs);
+            }
+        }
+    });
+    Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn baselines_complete() {
+        let (a, b) = cpu_pair();
+        let (h, _) = pingpong(Pipe::Futex, a, b, 50).unwrap();
+        assert_eq!(h.len(), 50);
+        let (h, _) = pingpong(Pipe::Epoll, a, b, 50).unwrap();
+        assert_eq!(h.len(), 50);
+        for kind in [WakeKind::Futex, WakeKind::Exclusive, WakeKind::Herd] {
+            let (h, _, _) = wake_one_of_k(kind, 3, a, b, 20).unwrap();
+            assert_eq!(h.len(), 20, "{kind:?}");
+        }
+    }
+}

@@ -1,0 +1,471 @@
+//! Tables, CSV, JSON (written by hand: small, strings escaped) and SVG plots (plotters' SVG
+//! backend, no font files: text is left to the SVG viewer).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::Mechanism;
+use crate::baseline::Baseline;
+use crate::harness::RunResult;
+use crate::model::Prediction;
+use crate::os::Machine;
+
+/// A JSON string literal for `s` (quotes, backslashes and control characters escaped).
+pub fn json_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            '\r' => o.push_str("\\r"),
+            '\t' => o.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// A JSON number (non-finite values become `null`).
+pub fn json_num(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x}")
+    } else {
+        "null".into()
+    }
+}
+
+/// A CSV field: quoted when it holds a comma, quote or newline (RFC 4180).
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// The comparison table for the runs at one load.
+pub fn table(runs: &[&RunResult], futex_cross_ns: Option<f64>) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<19} {:>6} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8} {:>6} {:>6} {:>6} {:>7}",
+        "mechanism",
+        "load",
+        "offered/s",
+        "achvd/s",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "max us",
+        "CPU/ev us",
+        "vcsw",
+        "ivcsw",
+        "futile",
+        "p50/fx"
+    );
+    for r in runs {
+        let ratio = futex_cross_ns
+            .filter(|&f| f > 0.0)
+            .map(|f| format!("{:.2}", r.latency.value_at_quantile(0.5) as f64 / f))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            s,
+            "{:<19} {:>6.2} {:>9.0} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>8.2} {:>6.2} {:>6.2} {:>6.2} {:>7}",
+            r.mechanism.name(),
+            r.config.load,
+            r.offered_per_s,
+            r.achieved_per_s(),
+            r.quantile_us(0.5),
+            r.quantile_us(0.99),
+            r.quantile_us(0.999),
+            r.latency.max() as f64 / 1000.0,
+            r.cpu_per_event_ns() / 1000.0,
+            r.vcsw_per_event(),
+            r.ivcsw_per_event(),
+            r.futile as f64 / r.events.max(1) as f64,
+            ratio,
+        );
+    }
+    s
+}
+
+/// The baselines as a table.
+pub fn baseline_table(b: &[Baseline]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<36} {:>9} {:>9} {:>9}  placement",
+        "baseline", "p50 us", "p99 us", "CPU us"
+    );
+    for x in b {
+        let _ = writeln!(
+            s,
+            "{:<36} {:>9.2} {:>9.2} {:>9.2}  {}",
+            x.name,
+            x.p50_ns / 1000.0,
+            x.p99_ns / 1000.0,
+            x.cpu_ns / 1000.0,
+            x.placement
+        );
+    }
+    s
+}
+
+/// CSV of all runs.
+pub fn runs_csv(runs: &[RunResult]) -> String {
+    let mut s = String::from(
+        "mechanism,servers,workers,cpus,load,compute_us,offered_per_s,achieved_per_s,events,\
+         p50_us,p99_us,p999_us,max_us,cpu_per_event_us,vcsw_per_event,ivcsw_per_event,\
+         woken,signalled,no_idle,raced,failed,adopted,server_wakeups,futile,late,rescues,\
+         mean_block_us\n",
+    );
+    for r in runs {
+        let c = &r.config;
+        let cpus = c
+            .cpus
+            .iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let w = &r.wakes;
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{},{},{:.1},{:.1},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{},{},{},{},{:.1}",
+            r.mechanism.name(),
+            c.servers,
+            c.workers,
+            csv_field(&cpus),
+            c.load,
+            c.compute_ns as f64 / 1000.0,
+            r.offered_per_s,
+            r.achieved_per_s(),
+            r.events,
+            r.quantile_us(0.5),
+            r.quantile_us(0.99),
+            r.quantile_us(0.999),
+            r.latency.max() as f64 / 1000.0,
+            r.cpu_per_event_ns() / 1000.0,
+            r.vcsw_per_event(),
+            r.ivcsw_per_event(),
+            w.woken,
+            w.signalled,
+            w.no_idle,
+            w.raced,
+            w.failed,
+            w.adopted,
+            r.server_wakeups,
+            r.futile,
+            r.late,
+            r.rescues,
+            r.mean_block_ns / 1000.0,
+        );
+    }
+    s
+}
+
+/// CSV of baselines.
+pub fn baselines_csv(b: &[Baseline]) -> String {
+    let mut s = String::from("name,placement,p50_ns,p99_ns,cpu_ns\n");
+    for x in b {
+        let _ = writeln!(
+            s,
+            "{},{},{:.0},{:.0},{:.0}",
+            csv_field(&x.name),
+            csv_field(&x.placement),
+            x.p50_ns,
+            x.p99_ns,
+            x.cpu_ns
+        );
+    }
+    s
+}
+
+/// The whole comparison as JSON.
+pub fn json(
+    machine: &Machine,
+    placement: &str,
+    command: &str,
+    runs: &[RunResult],
+    b: &[Baseline],
+) -> String {
+    let mut s = String::from("{\n");
+    let _ = writeln!(s, "  \"machine\": {{");
+    let _ = writeln!(s, "    \"cpu\": {},", json_str(&machine.cpu));
+    let cpus = machine
+        .allowed_cpus
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = writeln!(s, "    \"allowed_cpus\": [{cpus}],");
+    let _ = writeln!(s, "    \"kernel\": {},", json_str(&machine.kernel));
+    let _ = writeln!(s, "    \"rustc\": {},", json_str(&machine.rustc));
+    let _ = writeln!(s, "    \"commit\": {}", json_str(&machine.commit));
+    let _ = writeln!(s, "  }},");
+    let _ = writeln!(s, "  \"placement\": {},", json_str(placement));
+    let _ = writeln!(s, "  \"command\": {},", json_str(command));
+    let _ = writeln!(s, "  \"baselines\": [");
+    for (i, x) in b.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "    {{\"name\": {}, \"placement\": {}, \"p50_ns\": {}, \"p99_ns\": {}, \"cpu_ns\": {}}}{}",
+            json_str(&x.name),
+            json_str(&x.placement),
+            json_num(x.p50_ns),
+            json_num(x.p99_ns),
+            json_num(x.cpu_ns),
+            if i + 1 < b.len() { "," } else { "" }
+        );
+    }
+    let _ = writeln!(s, "  ],");
+    let _ = writeln!(s, "  \"runs\": [");
+    for (i, r) in runs.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "    {{\"mechanism\": {}, \"load\": {}, \"servers\": {}, \"workers\": {}, \"compute_us\": {}, \
+             \"offered_per_s\": {}, \"achieved_per_s\": {}, \"events\": {}, \"p50_us\": {}, \"p99_us\": {}, \
+             \"p999_us\": {}, \"max_us\": {}, \"cpu_per_event_us\": {}, \"vcsw_per_event\": {}, \
+             \"ivcsw_per_event\": {}, \"futile\": {}, \"late\": {}, \"rescues\": {}}}{}",
+            json_str(r.mechanism.name()),
+            json_num(r.config.load),
+            r.config.servers,
+            r.config.workers,
+            json_num(r.config.compute_ns as f64 / 1000.0),
+            json_num(r.offered_per_s),
+            json_num(r.achieved_per_s()),
+            r.events,
+            json_num(r.quantile_us(0.5)),
+            json_num(r.quantile_us(0.99)),
+            json_num(r.quantile_us(0.999)),
+            json_num(r.latency.max() as f64 / 1000.0),
+            json_num(r.cpu_per_event_ns() / 1000.0),
+            json_num(r.vcsw_per_event()),
+            json_num(r.ivcsw_per_event()),
+            r.futile,
+            r.late,
+            r.rescues,
+            if i + 1 < runs.len() { "," } else { "" }
+        );
+    }
+    let _ = writeln!(s, "  ]");
+    s.push_str("}\n");
+    s
+}
+
+fn color(m: Mechanism) -> RGBColor {
+    match m {
+        Mechanism::List => RGBColor(31, 119, 180),
+        Mechanism::EpollExclusive => RGBColor(255, 127, 14),
+        Mechanism::EventFdPerServer => RGBColor(44, 160, 44),
+        Mechanism::Herd => RGBColor(214, 39, 40),
+        Mechanism::Slot => RGBColor(148, 103, 189),
+        Mechanism::Adopt => RGBColor(90, 90, 90),
+    }
+}
+
+/// Series of (x, y) per mechanism.
+pub type Series = Vec<(Mechanism, Vec<(f64, f64)>)>;
+
+/// A line plot; `log_x`/`log_y` select logarithmic axes (values must then be > 0).
+pub fn line_plot(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &Series,
+    log_x: bool,
+    log_y: bool,
+) -> Result<(), String> {
+    let pts = series.iter().flat_map(|(_, v)| v.iter().copied());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for (x, y) in pts {
+        if !(x.is_finite() && y.is_finite()) || (log_x && x <= 0.0) || (log_y && y <= 0.0) {
+            continue;
+        }
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if x0 > x1 {
+        return Err(format!("{title}: nothing to plot"));
+    }
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    if !log_y {
+        y0 = y0.min(0.0);
+    }
+    if y1 <= y0 {
+        y1 = y0 + 1.0;
+    }
+    let (x0, x1) = if log_x {
+        (x0 * 0.9, x1 * 1.1)
+    } else {
+        (x0, x1)
+    };
+    let (y0, y1) = if log_y {
+        (y0 * 0.9, y1 * 1.2)
+    } else {
+        (y0, y1 * 1.05)
+    };
+    let root = SVGBackend::new(path, (860, 520)).into_drawing_area();
+    let e = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    root.fill(&WHITE).map_err(|x| e(&x))?;
+    let mut b = ChartBuilder::on(&root);
+    b.caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(65);
+    macro_rules! draw {
+        ($chart:expr) => {{
+            let mut chart = $chart.map_err(|x| e(&x))?;
+            chart
+                .configure_mesh()
+                .x_desc(x_desc)
+                .y_desc(y_desc)
+                .draw()
+                .map_err(|x| e(&x))?;
+            for (m, v) in series {
+                let c = color(*m);
+                let v: Vec<(f64, f64)> = v
+                    .iter()
+                    .copied()
+                    .filter(|&(x, y)| (!log_x || x > 0.0) && (!log_y || y > 0.0))
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(v, c.stroke_width(2)))
+                    .map_err(|x| e(&x))?
+                    .label(m.name())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                    });
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|x| e(&x))?;
+        }};
+    }
+    match (log_x, log_y) {
+        (true, true) => draw!(b.build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())),
+        (true, false) => draw!(b.build_cartesian_2d((x0..x1).log_scale(), y0..y1)),
+        (false, true) => draw!(b.build_cartesian_2d(x0..x1, (y0..y1).log_scale())),
+        (false, false) => draw!(b.build_cartesian_2d(x0..x1, y0..y1)),
+    }
+    root.present().map_err(|x| e(&x))?;
+    Ok(())
+}
+
+/// CDF points of a latency histogram: (latency µs, fraction ≤).
+pub fn cdf_points(h: &hdrhistogram::Histogram<u64>) -> Vec<(f64, f64)> {
+    let n = h.len().max(1) as f64;
+    let mut acc = 0u64;
+    h.iter_recorded()
+        .map(|v| {
+            acc += v.count_at_value();
+            (v.value_iterated_to() as f64 / 1000.0, acc as f64 / n)
+        })
+        .collect()
+}
+
+/// The model's sweep as a text matrix: winner per (CPUs, load) among the mechanisms a kernel
+/// could ship (not `adopt`), with its p50 and how much better it is than the runner-up.
+pub fn sweep_table(preds: &[Prediction], cpus: &[usize], loads: &[f64]) -> String {
+    let mut s = String::new();
+    let _ = write!(s, "{:>6}", "CPUs");
+    for l in loads {
+        let _ = write!(s, " | {:^28}", format!("load {:.0} %", l * 100.0));
+    }
+    s.push('\n');
+    for &c in cpus {
+        let _ = write!(s, "{c:>6}");
+        for &l in loads {
+            let mut cell: Vec<&Prediction> = preds
+                .iter()
+                .filter(|p| {
+                    p.params.cpus == c
+                        && (p.params.load - l).abs() < 1e-9
+                        && p.mechanism != Mechanism::Adopt
+                })
+                .collect();
+            cell.sort_by(|a, b| a.quantile_us(0.5).total_cmp(&b.quantile_us(0.5)));
+            let txt = match cell.as_slice() {
+                [a, b, ..] => format!(
+                    "{} {:.1}us x{:.2}",
+                    a.mechanism.name(),
+                    a.quantile_us(0.5),
+                    b.quantile_us(0.5) / a.quantile_us(0.5).max(1e-3)
+                ),
+                [a] => format!("{} {:.1}us", a.mechanism.name(), a.quantile_us(0.5)),
+                [] => "-".into(),
+            };
+            let _ = write!(s, " | {txt:<28}");
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Model predictions as CSV.
+pub fn predictions_csv(preds: &[Prediction]) -> String {
+    let mut s = String::from(
+        "mechanism,cpus,load,compute_us,events,p50_us,p99_us,p999_us,cpu_per_event_us,wakeups,futile\n",
+    );
+    for p in preds {
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{},{}",
+            p.mechanism.name(),
+            p.params.cpus,
+            p.params.load,
+            p.params.compute_ns as f64 / 1000.0,
+            p.latency.len(),
+            p.quantile_us(0.5),
+            p.quantile_us(0.99),
+            p.quantile_us(0.999),
+            p.cpu_per_event_ns / 1000.0,
+            p.wakeups,
+            p.futile
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping() {
+        assert_eq!(json_str("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
+        assert_eq!(json_num(f64::NAN), "null");
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+
+    #[test]
+    fn plot_writes_svg() {
+        let dir = std::env::temp_dir().join(format!("umcg-sim-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("t.svg");
+        let s: Series = vec![(Mechanism::List, vec![(1.0, 0.1), (10.0, 0.9)])];
+        line_plot(&p, "t", "x", "y", &s, true, false).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("<svg") && text.contains("list"));
+        assert!(line_plot(&p, "t", "x", "y", &vec![], false, false).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

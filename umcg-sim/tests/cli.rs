@@ -1,0 +1,128 @@
+//! The command line end to end: a quick comparison writes its files and prints its table;
+//! bad arguments are explained with exit code 2, never a panic. No timing is asserted.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_umcg-sim"))
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("umcg-sim-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn compare_quick_writes_table_and_files() {
+    let out = temp_dir("compare");
+    let o = bin()
+        .args(["compare", "--quick", "--duration-ms", "40", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for needle in [
+        "mechanism",
+        "p50 us",
+        "list",
+        "epoll-excl",
+        "adopt",
+        "placement:",
+        "machine:",
+    ] {
+        assert!(stdout.contains(needle), "missing `{needle}` in:\n{stdout}");
+    }
+    for f in [
+        "results.csv",
+        "results.json",
+        "baselines.csv",
+        "validation.txt",
+        "latency_cdf.svg",
+        "latency_p50_vs_load.svg",
+        "latency_p99_vs_load.svg",
+        "cpu_vs_load.svg",
+    ] {
+        let p = out.join(f);
+        let meta = std::fs::metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert!(meta.len() > 0, "{f} is empty");
+    }
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    // Header + 6 mechanisms x 3 loads (0.3, 0.5, 0.7).
+    assert_eq!(csv.lines().count(), 1 + 6 * 3, "{csv}");
+    let json = std::fs::read_to_string(out.join("results.json")).unwrap();
+    assert!(json.trim_start().starts_with('{') && json.contains("\"runs\""));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn calibrate_then_model_quick() {
+    let out = temp_dir("model");
+    let o = bin()
+        .args(["calibrate", "--quick", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.join("calibration.txt").exists());
+    let o = bin()
+        .args([
+            "model", "--quick", "--cpus", "2,16", "--load", "0.3,0.9", "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("winner by p50"), "{stdout}");
+    assert!(out.join("model_sweep.csv").exists());
+    assert!(out.join("model_p50_vs_cpus.svg").exists());
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn bad_arguments_are_explained_with_exit_code_2() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["compare", "--loads", "1.5"], "strictly between 0 and 1"),
+        (&["compare", "--mechanisms", "bogus"], "unknown mechanism"),
+        (&["compare", "--workers", "0"], "not a positive integer"),
+        (&["compare", "--servers", "4096"], "--yes"),
+        (&["frobnicate"], "unrecognized subcommand"),
+    ];
+    for (args, needle) in cases {
+        let o = bin().args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn bad_calibration_file_is_reported() {
+    let out = temp_dir("badcal");
+    std::fs::create_dir_all(&out).unwrap();
+    let cal = out.join("cal.txt");
+    std::fs::write(&cal, "syscall = lots\n").unwrap();
+    let o = bin()
+        .args(["model", "--quick", "--calibration"])
+        .arg(&cal)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 1"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&out);
+}
