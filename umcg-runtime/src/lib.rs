@@ -8,6 +8,8 @@
 //! - The M:N library: [`Runtime`] (servers pinned per CPU running worker threads),
 //!   [`spawn`]/[`JoinHandle`], [`yield_now`], [`sleep`], [`blocking`], [`park`]/[`Unparker`],
 //!   scheduling [`policy`].
+//! - [`sync`]: `Mutex`, `Condvar` and an MPSC channel whose waits park workers through
+//!   their server.
 //! - [`sys`]: the only module that makes system calls.
 //!
 //! ```no_run
@@ -26,6 +28,7 @@ mod park;
 pub mod policy;
 mod runtime;
 mod server;
+pub mod sync;
 pub mod sys;
 mod worker;
 
