@@ -8,6 +8,10 @@
 //! - The M:N library: [`Runtime`] (servers pinned per CPU running worker threads),
 //!   [`spawn`]/[`JoinHandle`], [`yield_now`], [`sleep`], [`blocking`], [`park`]/[`Unparker`],
 //!   scheduling [`policy`].
+//! - [`io`]: read, write, accept, connect, recv, send, poll and sleep that try the call
+//!   without blocking first and run the block/wake hooks only when it would block;
+//!   [`cancel`]: a [`cancel::CancelToken`] that ends every such wait of every worker in its
+//!   scope at once.
 //! - [`sync`]: `Mutex`, `Condvar` and an MPSC channel whose waits park workers through
 //!   their server.
 //! - [`sys`]: the only module that makes system calls.
@@ -22,7 +26,9 @@
 //! rt.shutdown().unwrap();
 //! ```
 
+pub mod cancel;
 pub mod ffi;
+pub mod io;
 pub mod kernel;
 mod park;
 pub mod policy;

@@ -539,10 +539,29 @@ pub fn block_end() -> Result<(), UmcgError> {
 }
 
 /// Run `f`, a call that may sleep in the kernel, between the block and wake hooks.
+///
+/// Unlike a bare [`block_end`], this never returns while the worker is still IDLE and
+/// queued: if a signal handler ends the wake hook's wait (hazard H5), it goes on waiting
+/// until a server runs the worker. Returning early would let the worker run user code
+/// beside the worker its server runs next.
 pub fn blocking<R>(f: impl FnOnce() -> R) -> Result<R, UmcgError> {
     block_begin()?;
     let r = f();
-    block_end()?;
+    let _section = EmulatorSection::enter();
+    if let Some(me) = registry::current()
+        && me.worker
+        && wake_hook(&me)?
+    {
+        // H5: queued and IDLE; someone will make it RUNNING.
+        let t = me.task();
+        loop {
+            let w = t.load_state();
+            if w.state() == TaskState::Running {
+                break;
+            }
+            let _ = sys::futex_wait(&t.state, w.bits(), None);
+        }
+    }
     Ok(r)
 }
 

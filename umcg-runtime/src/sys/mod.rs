@@ -30,6 +30,7 @@ pub mod eventfd;
 pub mod futex;
 #[cfg(umcg_loom)]
 pub mod model;
+pub mod poll;
 pub mod probe;
 pub mod signal;
 pub mod thread;
