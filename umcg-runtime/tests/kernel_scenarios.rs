@@ -390,8 +390,11 @@ fn woken_while_queued_is_not_queued_twice() {
     let worker = thread::spawn(move || {
         let w = Worker::register(&g);
         // Unblocks while the server is busy: queued, nobody popped. The hook's wait is
-        // then ended by SIGUSR2 (H5).
-        kernel::blocking(|| thread::sleep(Duration::from_millis(1))).unwrap();
+        // then ended by SIGUSR2 (H5). The raw hooks keep v0.3's H5 behaviour (the
+        // `kernel::blocking` helper would wait on instead).
+        kernel::block_begin().unwrap();
+        thread::sleep(Duration::from_millis(1));
+        kernel::block_end().unwrap();
         assert_eq!(
             w.task().load_state().state(),
             TaskState::Idle,
