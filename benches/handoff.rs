@@ -40,6 +40,10 @@
 //! - `unblock_to_running_cross_cpu`: the same with the worker pinned to CPU 1 under
 //!   `Placement::Free`, so both wakeups (worker → S0, S0 → worker) cross CPUs; baseline: the
 //!   sleeper on CPU 1, its partner on CPU 0. Percentiles on stderr for both groups.
+//! - `emulator_call_overhead`: single-thread costs, from a registered server on CPU 0, of the
+//!   emulator's bookkeeping around a wake: `kernel::wake(self)` and `umcg_wait(WAKE_ONLY)`
+//!   aimed at itself vs the bare `futex_wake` (nobody waiting), and the empty eventfd read
+//!   an `EventFd`-mode server makes before each `epoll_wait`.
 //!
 //! No wait is unbounded for the process: the criterion thread waits for every batch with a
 //! timeout and panics (ending the process) when a bench thread is stuck or gone; teardown
@@ -831,6 +835,63 @@ fn roundtrip_rig(g: Arc<Group>, server_cpu: usize, worker_cpu: Option<usize>) ->
     }
 }
 
+/// What one iteration of `emulator_call_overhead` does, from a registered server.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// `futex_wake` of a word nobody waits on (the baseline).
+    FutexWake,
+    /// `kernel::wake(self)`: registry lookup, then the same `futex_wake` (of our own state).
+    KernelWake,
+    /// `umcg_wait(WAKE_ONLY)` with `next_tid = self`: what a context switch adds around the
+    /// wake (emulator section, `registry::current`, lookup of the target), plus the target's
+    /// wake-event count.
+    WakeOnlySelf,
+    /// A non-blocking eventfd read that finds nothing: what `IdleWakeup::EventFd` servers pay
+    /// before every `epoll_wait`.
+    EventFdDrainEmpty,
+}
+
+/// One thread on `cpu`, registered as a server, timing `iters` calls per batch.
+fn call_rig(kind: Call, cpu: usize) -> Rig {
+    let (cmd_tx, cmd_rx) = mpsc::channel::<Cmd>();
+    let (res_tx, res_rx) = mpsc::channel();
+    let t = thread::spawn(move || {
+        pin(cpu);
+        let g = Group::new(Mode::Yield, 1, shared_hist());
+        let s = Server::register(&g, 0);
+        s.me.next_tid.store(s.tid, Ordering::Release);
+        let word = AtomicU32::new(0);
+        let efd = sys::EventFd::new_nonblocking().expect("eventfd");
+        while let Ok(Some(iters)) = cmd_rx.recv() {
+            let t0 = Instant::now();
+            for _ in 0..iters {
+                match kind {
+                    Call::FutexWake => {
+                        black_box(sys::futex_wake(&word, 1));
+                    }
+                    Call::KernelWake => kernel::wake(s.tid).expect("wake"),
+                    Call::WakeOnlySelf => {
+                        kernel::umcg_wait(UMCG_WAIT_WAKE_ONLY, 0).expect("wake only")
+                    }
+                    Call::EventFdDrainEmpty => {
+                        black_box(efd.drain().expect("drain"));
+                    }
+                }
+            }
+            if res_tx.send(t0.elapsed()).is_err() {
+                break;
+            }
+        }
+        s.me.next_tid.store(0, Ordering::Release);
+    });
+    Rig {
+        cmd: cmd_tx,
+        res: res_rx,
+        threads: vec![t],
+        release: Box::new(|| {}),
+    }
+}
+
 fn shared_hist() -> Arc<Mutex<Histogram<u64>>> {
     Arc::new(Mutex::new(new_histogram()))
 }
@@ -1011,6 +1072,21 @@ fn bench_unblock_to_running_cross_cpu(c: &mut Criterion) {
     unblock_group(c, true);
 }
 
+fn bench_emulator_call_overhead(c: &mut Criterion) {
+    let (c0, _) = cpus();
+    let mut g = c.benchmark_group("emulator_call_overhead");
+    set_modes(IdleWakeup::List, Placement::SameCpu);
+    for (name, kind) in [
+        ("futex_wake", Call::FutexWake),
+        ("kernel_wake", Call::KernelWake),
+        ("umcg_wait_wake_only", Call::WakeOnlySelf),
+        ("eventfd_drain_empty", Call::EventFdDrainEmpty),
+    ] {
+        bench_rig(&mut g, BenchmarkId::new(name, 0), || call_rig(kind, c0));
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     bench_roundtrip_one_cpu,
@@ -1018,6 +1094,7 @@ criterion_group!(
     bench_block_to_server,
     bench_block_hook_nonblocking,
     bench_unblock_to_running,
-    bench_unblock_to_running_cross_cpu
+    bench_unblock_to_running_cross_cpu,
+    bench_emulator_call_overhead
 );
 criterion_main!(benches);
