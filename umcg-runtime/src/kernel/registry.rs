@@ -111,12 +111,9 @@ impl IdleFd {
     /// Sleep until signalled, interrupted, or `timeout` (None: forever) passes. Consumes the
     /// signal; callers re-check their state word afterwards.
     pub(crate) fn wait(&self, timeout: Option<core::time::Duration>) -> FutexWait {
-        // A signal that arrived before this wait left the counter non-zero: take it first.
-        if let Ok(n) = self.efd.drain()
-            && n > 0
-        {
-            return FutexWait::Woken;
-        }
+        // A signal that arrived before this wait left the counter non-zero; the eventfd is
+        // registered level-triggered, so epoll_wait returns at once and the drain below
+        // takes it (no read before the wait: it would cost a syscall on every sleep).
         let mut ev = [EpollEvent::empty()];
         match self.ep.wait(&mut ev, timeout) {
             Ok(0) => FutexWait::TimedOut,
