@@ -553,16 +553,24 @@ pub fn blocking<R>(f: impl FnOnce() -> R) -> Result<R, UmcgError> {
         && wake_hook(&me)?
     {
         // H5: queued and IDLE; someone will make it RUNNING.
-        let t = me.task();
-        loop {
-            let w = t.load_state();
-            if w.state() == TaskState::Running {
-                break;
-            }
-            let _ = sys::futex_wait(&t.state, w.bits(), None);
-        }
+        sleep_until_running(me.task(), false);
     }
     Ok(r)
+}
+
+/// The idle loop of the hooks: sleep on the task's state word until it is RUNNING (spurious
+/// wakes loop). With `stop_on_signal`, a signal handler ends the wait (v0.3's H5); returns
+/// whether it did.
+fn sleep_until_running(t: &UmcgTask, stop_on_signal: bool) -> bool {
+    loop {
+        let w = t.load_state();
+        if w.state() == TaskState::Running {
+            return false;
+        }
+        if sys::futex_wait(&t.state, w.bits(), None) == FutexWait::Interrupted && stop_on_signal {
+            return true;
+        }
+    }
 }
 
 /// §2.5.2. Returns whether its idle loop was ended by a signal (H5).
@@ -595,16 +603,7 @@ fn wake_hook(me: &KTask) -> Result<bool, UmcgError> {
     wake_idle_server(me, &table)?;
     drop(table);
     // Idle loop until RUNNING; spurious wakes loop, a signal ends it (H5).
-    loop {
-        let w = t.load_state();
-        if w.state() == TaskState::Running {
-            return Ok(false);
-        }
-        match sys::futex_wait(&t.state, w.bits(), None) {
-            FutexWait::Interrupted => return Ok(true),
-            _ => continue,
-        }
-    }
+    Ok(sleep_until_running(t, true))
 }
 
 /// §2.5.2 step 3, with the double-enqueue guard.

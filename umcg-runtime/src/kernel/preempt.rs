@@ -49,8 +49,8 @@ use std::sync::atomic::{Ordering, compiler_fence, fence};
 use umcg_abi::*;
 
 use super::registry::{self, KTask};
-use super::{UmcgError, enqueue_worker, wake_server};
-use crate::sys::{self, Errno, FutexWait, signal::Signal};
+use super::{UmcgError, enqueue_worker, sleep_until_running, wake_server};
+use crate::sys::{self, Errno, signal::Signal};
 
 /// The signal that carries a kick. `SIGURG` (as Go's runtime uses for its asynchronous
 /// preemption): programs rarely use it and its default action is to ignore it, so a stray
@@ -190,16 +190,8 @@ fn preempt(me: &KTask) -> Result<(), UmcgError> {
         }
     }
     // Sleep until a server runs it again; signals do not end this wait.
-    loop {
-        let w = t.load_state();
-        if w.state() == TaskState::Running {
-            return Ok(());
-        }
-        match sys::futex_wait(&t.state, w.bits(), None) {
-            FutexWait::Woken | FutexWait::ValueChanged | FutexWait::Interrupted => {}
-            FutexWait::TimedOut => {}
-        }
-    }
+    sleep_until_running(t, false);
+    Ok(())
 }
 
 /// `umcg_kick(flags, tid)`: preempt the running worker `tid` (an extension: v0.3 had no
