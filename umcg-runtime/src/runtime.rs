@@ -36,7 +36,7 @@ use umcg_abi::{StateWord, UMCG_TASK_IDLE, UMCG_TASK_RUNNING};
 
 use crate::kernel::{self, IdleWakeup, UmcgError};
 use crate::policy::{PerServerFifo, Policy, Reason};
-use crate::server;
+use crate::server::{self, ServerSlot};
 use crate::sys;
 use crate::worker::{self, Job, WorkerCtl, make_runnable};
 
@@ -201,6 +201,7 @@ impl Builder {
             policy,
             server_tasks: (0..n).map(|_| Box::new(UmcgTask::new_server())).collect(),
             server_tids: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            slots: (0..n).map(|_| ServerSlot::default()).collect(),
             fork_generation: kernel::fork_generation(),
             ready: (Mutex::new(0), Condvar::new()),
             time_slice: self.time_slice,
@@ -349,6 +350,8 @@ pub(crate) struct Shared {
     #[allow(clippy::vec_box)]
     server_tasks: Vec<Box<UmcgTask>>,
     server_tids: Vec<AtomicU32>,
+    /// Per-server current worker and handoff slot (see `server.rs`).
+    slots: Vec<ServerSlot>,
     /// `kernel::fork_generation()` when built.
     fork_generation: u64,
     ready: (Mutex<usize>, Condvar),
@@ -377,6 +380,15 @@ impl fmt::Debug for Shared {
 impl Shared {
     pub(crate) fn server_task(&self, idx: usize) -> Option<&UmcgTask> {
         self.server_tasks.get(idx).map(|b| &**b)
+    }
+
+    /// TID of server `idx` (set before the runtime is built).
+    pub(crate) fn server_tid(&self, idx: usize) -> u32 {
+        self.server_tids[idx].load(Ordering::Acquire)
+    }
+
+    pub(crate) fn slot(&self, idx: usize) -> &ServerSlot {
+        &self.slots[idx]
     }
 
     pub(crate) fn server_ready(&self, idx: usize, tid: u32) {

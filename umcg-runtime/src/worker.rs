@@ -7,26 +7,33 @@
 //!    when the call returns, the wake hook queues the worker on the kernel's idle-worker
 //!    list and a server drains it from there.
 //! 2. It is preempted at the end of its time slice (`umcg_kick`): it ends on the same list.
-//! 3. It leaves voluntarily ([`leave`]): it writes an *outcome* (yield, park, exit) tagged
-//!    with the sequence number of the run it ends, then IDLE, then its server RUNNING, and
-//!    waits. The server acts on the outcome only if its tag is the run it started, so a stale
-//!    outcome of an earlier run (the worker blocked, unblocked and ran elsewhere since) is
-//!    never acted on twice.
+//! 3. It parks or yields while another worker is runnable on its server ([`switch_to`]): it
+//!    starts that worker on its server (the run is recorded in the server's slot, see
+//!    `server.rs`), goes IDLE, finishes its own park or requeues itself (only now, when it is
+//!    IDLE, may anyone pick it up), and hands the CPU over with `umcg_wait` (`next_tid` = the
+//!    successor). The server sleeps on; one context switch instead of two.
+//! 4. It leaves to its server ([`leave`]; park with nothing else runnable, or exit): it writes
+//!    an *outcome* tagged with the sequence number of the run it ends, then IDLE, then its
+//!    server RUNNING, and waits. The server acts on the outcome only if its tag is the run
+//!    its slot records, so a stale outcome of an earlier run (the worker blocked, unblocked
+//!    and ran elsewhere since) is never acted on twice. The worker cannot act on it itself:
+//!    once it is requeued another server may run it and overwrite its `server_tid`, and its
+//!    `umcg_wait` would then wake the wrong server.
 //!
 //! # Never queued twice (the Tor KIST lesson)
 //!
-//! [`make_runnable`] sets the worker's `queued` flag with a swap and pushes only if it was
-//! clear; the server that pops the worker clears it. Every path that makes a worker runnable
-//! (drained from the kernel list, a yield outcome, a park outcome that lost to an unpark, an
-//! unpark of a parked worker) goes through it, and each of those paths starts from a worker
-//! that is off the CPU (IDLE).
+//! [`make_runnable`] (and the handoff-slot path of [`unpark`]) sets the worker's `queued`
+//! flag with a swap and pushes only if it was clear; whoever pops the worker clears it
+//! (`server::start_run`). Every path that makes a worker runnable (drained from the kernel
+//! list, a yield, a park that lost to an unpark, an unpark of a parked worker) goes through
+//! it, and each of those paths starts from a worker that is off the CPU (IDLE).
 //!
 //! # Parking
 //!
 //! `park` state: EMPTY → (unpark) NOTIFIED, EMPTY → (server, after a park outcome) PARKED.
 //! [`park`] consumes a NOTIFIED at once; otherwise the worker leaves with a park outcome and
-//! its server CASes EMPTY→PARKED; if that fails, an unpark came in between, so the server
-//! requeues it. [`unpark`] swaps NOTIFIED in and requeues the worker only if it saw PARKED.
+//! its server (or the worker itself, after a direct switch, once it is IDLE) CASes
+//! EMPTY→PARKED; if that fails, an unpark came in between, so it is requeued. [`unpark`] swaps NOTIFIED in and requeues the worker only if it saw PARKED.
 //! So every unpark after a park makes the worker run at least once; `park` may also return
 //! spuriously and callers re-check their condition.
 //!
@@ -58,7 +65,6 @@ pub(crate) type Publish = Box<dyn FnOnce() + Send + 'static>;
 
 /// Outcome codes (low byte of `WorkerCtl::outcome`).
 pub(crate) const OUT_YIELD: u64 = 1;
-pub(crate) const OUT_YIELD_CODE: u64 = OUT_YIELD;
 pub(crate) const OUT_PARK: u64 = 2;
 pub(crate) const OUT_EXIT: u64 = 3;
 
@@ -114,8 +120,9 @@ impl WorkerCtl {
         }
     }
 
-    /// The server's side of a park outcome: EMPTY=>PARKED, or requeue if an unpark won.
-    pub(crate) fn server_parked(self: &Arc<Self>, sh: &Shared, server: usize) {
+    /// The second half of a park, once the worker is IDLE: EMPTY=>PARKED, or requeue if an
+    /// unpark won.
+    pub(crate) fn finish_park(self: &Arc<Self>, sh: &Shared, server: usize) {
         if self
             .park
             .compare_exchange(PARK_EMPTY, PARK_PARKED, Ordering::AcqRel, Ordering::Acquire)
@@ -141,12 +148,37 @@ pub(crate) fn make_runnable(sh: &Shared, w: Arc<WorkerCtl>, server: Option<usize
     sh.wake_idle_server();
 }
 
-/// Wake the worker behind `w` if it is parked (see the module doc).
+/// Wake the worker behind `w` if it is parked (see the module doc). Called by a worker
+/// running on a server of the same runtime, the woken worker goes to that server's handoff
+/// slot (it runs when the caller parks or yields; no idle server is woken).
 pub(crate) fn unpark(sh: &Shared, w: &Arc<WorkerCtl>) {
-    if w.park.swap(PARK_NOTIFIED, Ordering::AcqRel) == PARK_PARKED {
-        w.park.store(PARK_EMPTY, Ordering::Release);
-        make_runnable(sh, w.clone(), None, Reason::Woken);
+    if w.park.swap(PARK_NOTIFIED, Ordering::AcqRel) != PARK_PARKED {
+        return;
     }
+    w.park.store(PARK_EMPTY, Ordering::Release);
+    match running_on(sh) {
+        Some(idx) => {
+            if !w.queued.swap(true, Ordering::AcqRel) {
+                crate::server::put_next(sh, idx, w.clone());
+            }
+        }
+        None => make_runnable(sh, w.clone(), None, Reason::Woken),
+    }
+}
+
+/// The server the calling thread runs on, if it is a worker of `sh` and RUNNING (not inside
+/// a `blocking` call, where its server may be idle and would never look at its slot).
+fn running_on(sh: &Shared) -> Option<usize> {
+    CURRENT.with(|c| {
+        let c = c.borrow();
+        let (csh, me) = c.as_ref()?;
+        if !core::ptr::eq(Arc::as_ptr(csh), sh)
+            || me.task.load_state().state() != TaskState::Running
+        {
+            return None;
+        }
+        Some(me.last_server.load(Ordering::Acquire))
+    })
 }
 
 thread_local! {
@@ -196,13 +228,63 @@ fn wait_until_running(t: &UmcgTask) {
 }
 
 /// Park the calling worker until [`unpark`] (may return spuriously).
-pub(crate) fn park_current(sh: &Shared, w: &WorkerCtl) {
+pub(crate) fn park_current(sh: &Arc<Shared>, w: &Arc<WorkerCtl>) {
     kernel::no_preempt(|| {
         if w.park.swap(PARK_EMPTY, Ordering::AcqRel) == PARK_NOTIFIED {
             return;
         }
-        leave(sh, w, OUT_PARK);
+        let idx = w.last_server.load(Ordering::Acquire);
+        match crate::server::pick_next(sh, idx) {
+            Some(next) => switch_to(sh, w, idx, next, OUT_PARK),
+            None => leave(sh, w, OUT_PARK),
+        }
     });
+}
+
+/// Let another runnable worker of the calling worker's server run; the caller is requeued
+/// behind it. Returns at once if there is none.
+pub(crate) fn yield_current(sh: &Arc<Shared>, w: &Arc<WorkerCtl>) {
+    kernel::no_preempt(|| {
+        let idx = w.last_server.load(Ordering::Acquire);
+        if let Some(next) = crate::server::pick_next(sh, idx) {
+            switch_to(sh, w, idx, next, OUT_YIELD);
+        }
+    });
+}
+
+/// Hand server `idx`'s CPU from the calling worker `w` directly to `next` (spec §2.6 T3),
+/// then finish `w`'s park (`OUT_PARK`) or requeue it (`OUT_YIELD`); returns once a server
+/// runs `w` again. Must be called inside `no_preempt`.
+fn switch_to(sh: &Shared, w: &Arc<WorkerCtl>, idx: usize, next: Arc<WorkerCtl>, code: u64) {
+    let t = &w.task;
+    let ntid = crate::server::start_run(sh, idx, next);
+    t.next_tid.store(ntid, Ordering::Release);
+    // RUNNING=>IDLE (a plain store: a kick can only have set PREEMPTED, which is moot now).
+    t.store_state(StateWord(UMCG_TASK_IDLE));
+    // IDLE: from here on another server may pick us up; our `umcg_wait` then wakes `next`
+    // and returns at once.
+    match code {
+        OUT_YIELD => make_runnable(sh, w.clone(), Some(idx), Reason::Yielded),
+        OUT_PARK => w.finish_park(sh, idx),
+        other => unreachable!("switch_to with outcome {other}"),
+    }
+    loop {
+        let r = kernel::umcg_wait(0, 0);
+        // Retries must not wake `next` again (it may be long gone by then).
+        t.next_tid.store(0, Ordering::Release);
+        match r {
+            Ok(()) => return,
+            Err(UmcgError::Errno(Errno::EINTR)) => {
+                if t.load_state().state() == TaskState::Running {
+                    return;
+                }
+                // Sleep on without waking anyone: `next_tid` is 0, so `umcg_wait` targets
+                // our `server_tid`, the server of the last run, which is awake or about to
+                // be (a spurious wake of a server is harmless).
+            }
+            Err(e) => panic!("umcg worker wait failed: {e}"),
+        }
+    }
 }
 
 /// The body of a worker thread.

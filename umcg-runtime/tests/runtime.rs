@@ -300,3 +300,154 @@ fn fork_in_a_worker() {
     assert_eq!(rt.spawn(|| 5).join().unwrap(), 5);
     rt.shutdown().unwrap();
 }
+
+/// Wait (bounded) until `done()`; `what` names the starved party in the failure.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !done() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "{what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A spinner that gets the CPU through a direct worker-to-worker switch (its waker parks and
+/// hands the server over without waking it) is still preempted: the server kicks whoever
+/// holds its CPU now, not the worker it started.
+#[test]
+fn spinner_switched_in_directly_is_preempted() {
+    let rt = Runtime::builder()
+        .servers(1)
+        .time_slice(Some(Duration::from_millis(2)))
+        .build()
+        .unwrap();
+    watchdog();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (to_spinner, spinner_rx) = umcg_runtime::sync::channel::<()>();
+    let (to_waker, waker_rx) = umcg_runtime::sync::channel::<()>();
+    let s = stop.clone();
+    let spinner = rt.spawn(move || {
+        spinner_rx.recv().unwrap();
+        let mut x = 1u64;
+        while !s.load(Ordering::Relaxed) {
+            x = x.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(7);
+            std::hint::black_box(x);
+        }
+    });
+    let counters: Arc<Vec<AtomicU64>> = Arc::new((0..20).map(|_| AtomicU64::new(0)).collect());
+    let sleepers: Vec<_> = (0..20)
+        .map(|i| {
+            let (c, s) = (counters.clone(), stop.clone());
+            rt.spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    umcg_runtime::sleep(Duration::from_micros(500));
+                    c[i].fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    // Waker: wake the spinner (into this server's handoff slot), then park on a channel:
+    // the park switches straight to the spinner.
+    let waker = rt.spawn(move || {
+        to_spinner.send(()).unwrap();
+        waker_rx.recv().unwrap();
+    });
+    let base: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    wait_until(
+        "sleepers starved behind a directly switched-in spinner",
+        || {
+            counters
+                .iter()
+                .zip(&base)
+                .all(|(c, b)| c.load(Ordering::Relaxed) >= b + 3)
+        },
+    );
+    stop.store(true, Ordering::Relaxed);
+    to_waker.send(()).unwrap();
+    spinner.join().unwrap();
+    waker.join().unwrap();
+    for h in sleepers {
+        h.join().unwrap();
+    }
+    rt.shutdown().unwrap();
+}
+
+/// Two workers that ping-pong through the handoff slot forever cannot starve a third on the
+/// same server, even without preemption: after a short streak the policy goes first.
+#[test]
+fn handoff_slot_pair_cannot_starve_others() {
+    let rt = Runtime::builder()
+        .servers(1)
+        .time_slice(None)
+        .build()
+        .unwrap();
+    watchdog();
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
+    let (to_q, q_rx) = umcg_runtime::sync::channel::<bool>();
+    let (to_p, p_rx) = umcg_runtime::sync::channel::<bool>();
+    let (s, r) = (stop.clone(), rounds.clone());
+    let p = rt.spawn(move || {
+        loop {
+            let last = s.load(Ordering::Relaxed);
+            to_q.send(last).unwrap();
+            if last {
+                return;
+            }
+            p_rx.recv().unwrap();
+            r.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let q = rt.spawn(move || {
+        while !q_rx.recv().unwrap() {
+            to_p.send(false).unwrap();
+        }
+    });
+    wait_until("the pair never started", || {
+        rounds.load(Ordering::Relaxed) > 100
+    });
+    let ran = Arc::new(AtomicBool::new(false));
+    let r2 = ran.clone();
+    let third = rt.spawn(move || r2.store(true, Ordering::Release));
+    wait_until("a ping-ponging pair starved a third worker", || {
+        ran.load(Ordering::Acquire)
+    });
+    stop.store(true, Ordering::Relaxed);
+    third.join().unwrap();
+    p.join().unwrap();
+    q.join().unwrap();
+    rt.shutdown().unwrap();
+}
+
+/// Yielding workers on one server without preemption take turns: a yield switches to the
+/// next runnable worker (directly) and requeues the caller behind it.
+#[test]
+fn yielders_take_turns() {
+    let rt = Runtime::builder()
+        .servers(1)
+        .time_slice(None)
+        .build()
+        .unwrap();
+    watchdog();
+    let n = 4;
+    let stop = Arc::new(AtomicBool::new(false));
+    let counters: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+    let hs: Vec<_> = (0..n)
+        .map(|i| {
+            let (c, s) = (counters.clone(), stop.clone());
+            rt.spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    c[i].fetch_add(1, Ordering::Relaxed);
+                    umcg_runtime::yield_now();
+                }
+            })
+        })
+        .collect();
+    wait_until("a yielder never got the server", || {
+        counters.iter().all(|c| c.load(Ordering::Relaxed) >= 1000)
+    });
+    stop.store(true, Ordering::Relaxed);
+    for h in hs {
+        h.join().unwrap();
+    }
+    rt.shutdown().unwrap();
+}
