@@ -27,6 +27,7 @@
 //! ```
 
 pub mod cancel;
+pub mod check;
 pub mod ffi;
 pub mod io;
 pub mod kernel;

@@ -172,8 +172,12 @@ impl Builder {
         self
     }
 
-    /// Start the servers.
+    /// Start the servers. With `UMCG_CHECK=1` in the environment, the invariant checks of
+    /// [`check`](crate::check) are switched on first.
     pub fn build(self) -> Result<Runtime, Error> {
+        if std::env::var_os("UMCG_CHECK").is_some_and(|v| v == "1") {
+            crate::check::enable();
+        }
         let cpus = sys::allowed_cpus().unwrap_or_else(|_| vec![0]);
         // The kernel pop visits at most list_bound() nodes, the end included: at most
         // bound - 1 servers may be marked at once.
@@ -213,6 +217,7 @@ impl Builder {
             shutdown: AtomicBool::new(false),
             next_id: AtomicUsize::new(0),
             worker_threads: Mutex::new(Vec::new()),
+            all_workers: Mutex::new(Vec::new()),
         });
         for t in &sh.server_tasks {
             sh.idle_servers.prepare(t);
@@ -299,6 +304,29 @@ impl Runtime {
         self.sh.live_workers.load(Ordering::Acquire)
     }
 
+    /// Workers that have been runnable (queued, not yet picked) for longer than `bound`, one
+    /// line each. Needs [`check::enable`](crate::check::enable) before `build` (otherwise
+    /// nothing is timestamped and the list is empty). For watchdogs: a lost wakeup shows up
+    /// here.
+    pub fn stalled(&self, bound: Duration) -> Vec<String> {
+        let now = crate::check::now_ns();
+        let bound = u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX);
+        self.sh
+            .workers()
+            .into_iter()
+            .filter_map(|w| {
+                let since = w.runnable_since.load(Ordering::Relaxed);
+                (since != 0 && now.saturating_sub(since) > bound).then(|| self.sh.describe(&w))
+            })
+            .collect()
+    }
+
+    /// Every worker's and server's scheduling state, one line each (for a watchdog's
+    /// report). A snapshot of fields read one at a time, not an atomic picture.
+    pub fn debug_dump(&self) -> String {
+        self.sh.debug_dump()
+    }
+
     /// Wait for every spawned job, then stop the workers and the servers and join them.
     pub fn shutdown(mut self) -> Result<(), Error> {
         if kernel::fork_generation() != self.sh.fork_generation {
@@ -365,6 +393,8 @@ pub(crate) struct Shared {
     shutdown: AtomicBool,
     next_id: AtomicUsize,
     worker_threads: Mutex<Vec<thread::JoinHandle<()>>>,
+    /// Every worker created (weak: for `debug_dump` and `stalled`).
+    all_workers: Mutex<Vec<std::sync::Weak<WorkerCtl>>>,
 }
 
 impl fmt::Debug for Shared {
@@ -389,6 +419,75 @@ impl Shared {
 
     pub(crate) fn slot(&self, idx: usize) -> &ServerSlot {
         &self.slots[idx]
+    }
+
+    fn workers(&self) -> Vec<Arc<WorkerCtl>> {
+        lock(&self.all_workers)
+            .iter()
+            .filter_map(|w| w.upgrade())
+            .collect()
+    }
+
+    fn describe(&self, w: &WorkerCtl) -> String {
+        let since = w.runnable_since.load(Ordering::Relaxed);
+        let runnable = if since == 0 {
+            String::from("-")
+        } else {
+            let ms = crate::check::now_ns().saturating_sub(since) as f64 / 1e6;
+            format!("{ms:.1} ms")
+        };
+        let out = w.outcome.load(Ordering::Acquire);
+        format!(
+            "worker {:>5} tid {:>7} {:?} server_tid {} queued {} members {} park {} run {} outcome {}/{} last_server {} runnable {} kernel-list link {:#x}",
+            w.id,
+            w.tid.load(Ordering::Acquire),
+            w.task.load_state(),
+            w.task.server_tid.load(Ordering::Acquire),
+            w.queued.load(Ordering::Acquire),
+            w.members(),
+            w.park_state(),
+            w.run_seq.load(Ordering::Acquire),
+            out >> 8,
+            out & 0xff,
+            w.last_server.load(Ordering::Acquire),
+            runnable,
+            w.task.idle_workers_ptr.load(Ordering::Acquire),
+        )
+    }
+
+    fn debug_dump(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "runtime: {} servers, {} live workers, shutdown {}, kernel idle-worker list {}, idle-server list {:?}",
+            self.server_tasks.len(),
+            self.live_workers.load(Ordering::Acquire),
+            self.is_shutting_down(),
+            if self.idle_workers.is_empty() {
+                "empty"
+            } else {
+                "NOT empty"
+            },
+            self.idle_servers
+                .is_empty()
+                .map(|e| if e { "empty" } else { "not empty" }),
+        );
+        for (i, t) in self.server_tasks.iter().enumerate() {
+            let slot = self.slot(i);
+            let _ = writeln!(
+                s,
+                "server {i} tid {} {:?} policy has work {} | {}",
+                self.server_tid(i),
+                t.load_state(),
+                self.policy.has_work(i),
+                slot.describe(),
+            );
+        }
+        for w in self.workers() {
+            let _ = writeln!(s, "{}", self.describe(&w));
+        }
+        s
     }
 
     pub(crate) fn server_ready(&self, idx: usize, tid: u32) {
@@ -463,7 +562,12 @@ impl Shared {
                 Arc::increment_strong_count(p);
                 Arc::from_raw(p)
             };
-            make_runnable(self, w, server, Reason::Unblocked);
+            let id = w.id;
+            if !make_runnable(self, w, server, Reason::Unblocked) && crate::check::enabled() {
+                crate::check::violation(format!(
+                    "worker {id} came off the kernel's idle-worker list while already queued"
+                ));
+            }
             n += 1;
         }
         n
@@ -507,6 +611,13 @@ impl Shared {
         // Expose the whole allocation: the kernel's list hands back the task's address, and
         // `drain_idle_workers` turns it into a `WorkerCtl` pointer.
         let _ = Arc::as_ptr(&w).expose_provenance();
+        {
+            let mut all = lock(&self.all_workers);
+            if all.len() >= 64 && all.len().is_power_of_two() {
+                all.retain(|w| w.strong_count() > 0);
+            }
+            all.push(Arc::downgrade(&w));
+        }
         self.live_workers.fetch_add(1, Ordering::AcqRel);
         let sh = self.clone();
         let r = thread::Builder::new()

@@ -81,6 +81,20 @@ pub(crate) struct ServerSlot {
 }
 
 impl ServerSlot {
+    /// One line for `debug_dump`.
+    pub(crate) fn describe(&self) -> String {
+        let cur = match &*lock(&self.cur) {
+            Some((w, seq)) => format!("worker {} run {seq}", w.id),
+            None => String::from("none"),
+        };
+        let next = lock(&self.next).as_ref().map(|w| w.id);
+        format!(
+            "cpu held by {cur} (tid {}), handoff slot {next:?}, streak {}",
+            self.cur_tid.load(Ordering::Acquire),
+            self.streak.load(Ordering::Relaxed)
+        )
+    }
+
     /// Whether the handoff slot holds a worker.
     pub(crate) fn has_next(&self) -> bool {
         lock(&self.next).is_some()
@@ -92,6 +106,7 @@ impl ServerSlot {
 /// for `next_tid`. The caller then hands over the CPU with `umcg_wait`.
 pub(crate) fn start_run(sh: &Shared, idx: usize, w: Arc<WorkerCtl>) -> u32 {
     // Popped: from here on it may be queued again (after it leaves the CPU).
+    w.check_pick();
     w.queued.store(false, Ordering::Release);
     let seq = w.run_seq.fetch_add(1, Ordering::AcqRel) + 1;
     w.last_server.store(idx, Ordering::Release);
@@ -147,6 +162,19 @@ pub(crate) fn pick_next(sh: &Shared, idx: usize) -> Option<Arc<WorkerCtl>> {
     }
     slot.streak.store(0, Ordering::Relaxed);
     sh.policy.pop(idx).map(|r| r.0)
+}
+
+/// Check: the calling worker `w`, about to switch directly, is the one server `idx`'s slot
+/// records, in its current run.
+pub(crate) fn check_holds_cpu(sh: &Shared, idx: usize, w: &Arc<WorkerCtl>) {
+    let seq = w.run_seq.load(Ordering::Acquire);
+    let ok = matches!(&*lock(&sh.slot(idx).cur), Some((c, s)) if Arc::ptr_eq(c, w) && *s == seq);
+    if !ok {
+        crate::check::violation(format!(
+            "worker {} switches on server {idx} whose slot does not record it (run {seq})",
+            w.id
+        ));
+    }
 }
 
 /// Put `w` (just marked `queued`) into server `idx`'s handoff slot; called by the worker
@@ -255,10 +283,24 @@ impl Server {
                 self.idx
             );
         };
+        if crate::check::enabled() {
+            let st = w.task.load_state();
+            if st.state() == TaskState::Running
+                && w.task.server_tid.load(Ordering::Acquire) == self.tid
+                && w.run_seq.load(Ordering::Acquire) == seq
+            {
+                crate::check::violation(format!(
+                    "server {} woke while worker {} (run {seq}) still holds its CPU: {st:?}",
+                    self.idx, w.id
+                ));
+            }
+        }
         let out = w.outcome.load(Ordering::Acquire);
         if out >> 8 == seq {
             match out & 0xff {
-                OUT_YIELD => make_runnable(&self.sh, w, Some(self.idx), Reason::Yielded),
+                OUT_YIELD => {
+                    make_runnable(&self.sh, w, Some(self.idx), Reason::Yielded);
+                }
                 OUT_PARK => w.finish_park(&self.sh, self.idx),
                 OUT_EXIT => {}
                 other => panic!("umcg runtime bug: outcome {other}"),

@@ -51,6 +51,7 @@ use std::sync::{Arc, Mutex};
 
 use umcg_abi::*;
 
+use crate::check;
 use crate::kernel::{self, UmcgError};
 use crate::policy::{Hint, Reason, Runnable};
 use crate::runtime::Shared;
@@ -89,6 +90,10 @@ pub(crate) struct WorkerCtl {
     pub(crate) outcome: AtomicU64,
     /// The server index that ran it last.
     pub(crate) last_server: AtomicUsize,
+    /// Checks only (`check.rs`): queue and slot memberships, and since when it is runnable
+    /// (monotonic ns, 0 = not runnable).
+    members: AtomicU32,
+    pub(crate) runnable_since: AtomicU64,
     pub(crate) job: Mutex<Option<Job>>,
 }
 
@@ -116,7 +121,67 @@ impl WorkerCtl {
             run_seq: AtomicU64::new(0),
             outcome: AtomicU64::new(0),
             last_server: AtomicUsize::new(0),
+            members: AtomicU32::new(0),
+            runnable_since: AtomicU64::new(0),
             job: Mutex::new(job),
+        }
+    }
+
+    /// Check: the worker enters a queue or a handoff slot (`to` names it).
+    pub(crate) fn check_enqueue(&self, to: &str) {
+        if check::enabled() {
+            self.runnable_since
+                .store(check::now_ns(), Ordering::Relaxed);
+            let n = self.members.fetch_add(1, Ordering::AcqRel) + 1;
+            if n > 1 {
+                check::violation(format!(
+                    "worker {} enqueued on {to} while already queued ({n} memberships)",
+                    self.id
+                ));
+            }
+        }
+    }
+
+    /// Check: the worker is picked to run.
+    pub(crate) fn check_pick(&self) {
+        if check::enabled() {
+            self.runnable_since.store(0, Ordering::Relaxed);
+            let n = self.members.fetch_sub(1, Ordering::AcqRel);
+            if n != 1 {
+                self.members.fetch_add(1, Ordering::AcqRel);
+                check::violation(format!(
+                    "worker {} picked to run with {n} queue memberships",
+                    self.id
+                ));
+            }
+        }
+    }
+
+    /// Check: the worker leaves the CPU (RUNNING=>IDLE on the runtime's side).
+    pub(crate) fn check_leaving(&self, how: &str) {
+        if check::enabled() {
+            let st = self.task.load_state();
+            if st.state() != TaskState::Running {
+                check::violation(format!(
+                    "worker {} leaves the CPU ({how}) in state {st:?}, not RUNNING",
+                    self.id
+                ));
+            }
+        }
+    }
+
+    /// Membership count (checks only; 0 when checks are off).
+    pub(crate) fn members(&self) -> u32 {
+        self.members.load(Ordering::Acquire)
+    }
+
+    /// Park state for diagnostics.
+    pub(crate) fn park_state(&self) -> &'static str {
+        match self.park.load(Ordering::Acquire) {
+            PARK_EMPTY => "empty",
+            PARK_NOTIFIED => "notified",
+            PARK_PARKED => "parked",
+            _ => "?",
         }
     }
 
@@ -136,16 +201,23 @@ impl WorkerCtl {
 }
 
 /// Make `w` runnable: push it to the policy unless it is already queued, then wake an idle
-/// server if there is one.
-pub(crate) fn make_runnable(sh: &Shared, w: Arc<WorkerCtl>, server: Option<usize>, reason: Reason) {
+/// server if there is one. Returns whether it pushed.
+pub(crate) fn make_runnable(
+    sh: &Shared,
+    w: Arc<WorkerCtl>,
+    server: Option<usize>,
+    reason: Reason,
+) -> bool {
     if w.queued.swap(true, Ordering::AcqRel) {
-        return; // Already queued: never twice.
+        return false; // Already queued: never twice.
     }
+    w.check_enqueue("the policy");
     sh.policy.push(Runnable(w), Hint { server, reason });
     // Publish the push before looking for an idle server; pairs with the fence a server
     // issues between pushing itself on the idle-server list and re-checking for work.
     fence(Ordering::SeqCst);
     sh.wake_idle_server();
+    true
 }
 
 /// Wake the worker behind `w` if it is parked (see the module doc). Called by a worker
@@ -159,10 +231,13 @@ pub(crate) fn unpark(sh: &Shared, w: &Arc<WorkerCtl>) {
     match running_on(sh) {
         Some(idx) => {
             if !w.queued.swap(true, Ordering::AcqRel) {
+                w.check_enqueue("a handoff slot");
                 crate::server::put_next(sh, idx, w.clone());
             }
         }
-        None => make_runnable(sh, w.clone(), None, Reason::Woken),
+        None => {
+            make_runnable(sh, w.clone(), None, Reason::Woken);
+        }
     }
 }
 
@@ -197,6 +272,7 @@ pub(crate) fn leave(sh: &Shared, w: &WorkerCtl, code: u64) {
     w.outcome.store(seq << 8 | code, Ordering::Release);
     let t = &w.task;
     let stid = t.server_tid.load(Ordering::Acquire);
+    w.check_leaving("leave to the server");
     // RUNNING=>IDLE (a plain store: a kick can only have set PREEMPTED, which is moot now).
     t.store_state(StateWord(UMCG_TASK_IDLE));
     // Its server (IDLE while we ran) => RUNNING; umcg_wait with next_tid 0 wakes it.
@@ -257,6 +333,10 @@ pub(crate) fn yield_current(sh: &Arc<Shared>, w: &Arc<WorkerCtl>) {
 /// runs `w` again. Must be called inside `no_preempt`.
 fn switch_to(sh: &Shared, w: &Arc<WorkerCtl>, idx: usize, next: Arc<WorkerCtl>, code: u64) {
     let t = &w.task;
+    if check::enabled() {
+        crate::server::check_holds_cpu(sh, idx, w);
+    }
+    w.check_leaving("direct switch");
     let ntid = crate::server::start_run(sh, idx, next);
     t.next_tid.store(ntid, Ordering::Release);
     // RUNNING=>IDLE (a plain store: a kick can only have set PREEMPTED, which is moot now).
@@ -264,7 +344,9 @@ fn switch_to(sh: &Shared, w: &Arc<WorkerCtl>, idx: usize, next: Arc<WorkerCtl>, 
     // IDLE: from here on another server may pick us up; our `umcg_wait` then wakes `next`
     // and returns at once.
     match code {
-        OUT_YIELD => make_runnable(sh, w.clone(), Some(idx), Reason::Yielded),
+        OUT_YIELD => {
+            make_runnable(sh, w.clone(), Some(idx), Reason::Yielded);
+        }
         OUT_PARK => w.finish_park(sh, idx),
         other => unreachable!("switch_to with outcome {other}"),
     }

@@ -655,3 +655,87 @@ fn fork_in_a_server() {
     .join()
     .unwrap();
 }
+
+/// A kick that lands while a worker sleeps in the preemption path *outside* the signal
+/// handler (a deferred kick taken at the end of a `no_preempt` section, where `SIGURG` is not
+/// blocked) is only noted as pending by the handler. The worker must act on it once it is run
+/// again, before returning to user code: the kicker saw RUNNING|PREEMPTED and gets `EAGAIN`
+/// from then on, so a worker spinning with the kick forgotten would hold its server forever.
+#[test]
+fn kick_during_deferred_preemption_sleep_is_not_lost() {
+    init();
+    let group = Group::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let go = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (g, r, gg, st) = (group.clone(), ready.clone(), go.clone(), stop.clone());
+    let spinner = thread::spawn(move || {
+        let w = Worker::register(&g);
+        kernel::no_preempt(|| {
+            r.store(true, Ordering::Release);
+            while !gg.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+            }
+        });
+        let mut x = 0u64;
+        while !st.load(Ordering::Relaxed) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            std::hint::black_box(x);
+        }
+        w.exit();
+    });
+    let s = Server::register(&group);
+    announce(&s);
+    let deadline = Instant::now() + WATCHDOG;
+    s.wait_for_workers(deadline);
+    let w = group.pop_runnable().expect("the spinner");
+    let wtid = tid_of(w);
+
+    // Run it; once it is inside no_preempt, kick it (deferred), then let it leave the
+    // section: the deferred kick preempts it there and wakes us.
+    s.task.store_state(StateWord(UMCG_TASK_IDLE));
+    w.server_tid.store(s.tid, Ordering::Release);
+    w.transition(TaskState::Idle, TaskState::Running).unwrap();
+    s.task.next_tid.store(wtid, Ordering::Release);
+    let r = kernel::umcg_wait(0, sys::futex::realtime_now_ns() + 20_000_000);
+    s.task.next_tid.store(0, Ordering::Release);
+    assert_eq!(r, Err(UmcgError::Errno(Errno::ETIMEDOUT)));
+    wait_for("the spinner inside no_preempt", || {
+        ready.load(Ordering::Acquire)
+    });
+    assert_eq!(kernel::umcg_kick(0, wtid), Ok(()));
+    go.store(true, Ordering::Release);
+    server_wait(&s.task);
+    let st = w.load_state();
+    assert!(st.state() == TaskState::Idle && st.is_preempted(), "{st:?}");
+    assert_eq!(group.drain_idle_workers(), 1);
+    let w = group.pop_runnable().unwrap();
+
+    // It sleeps in the preemption path, outside the handler. Make it RUNNING without
+    // waking it and kick at once: the signal interrupts its sleep while it is still inside
+    // the emulator, so the handler only notes the kick.
+    wait_until_sleeping(wtid);
+    s.task.store_state(StateWord(UMCG_TASK_IDLE));
+    w.server_tid.store(s.tid, Ordering::Release);
+    let cur = w.load_state();
+    w.cas_word(
+        cur,
+        cur.with_state(TaskState::Running)
+            .without_flags(UMCG_TF_PREEMPTED),
+    )
+    .unwrap();
+    assert_eq!(kernel::umcg_kick(0, wtid), Ok(()));
+    // The pending kick must preempt it as soon as it is back: it wakes us (IDLE=>RUNNING).
+    let r = kernel::umcg_wait(0, sys::futex::realtime_now_ns() + 5_000_000_000);
+    assert_eq!(r, Ok(()), "the pending kick was lost: {:?}", w.load_state());
+    let st = w.load_state();
+    assert!(st.state() == TaskState::Idle && st.is_preempted(), "{st:?}");
+
+    // Let it finish.
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(group.drain_idle_workers(), 1);
+    let w = group.pop_runnable().unwrap();
+    let st = s.run(w).unwrap();
+    assert!(st.is_locked(), "{st:?}");
+    spinner.join().unwrap();
+}

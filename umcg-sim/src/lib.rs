@@ -53,6 +53,7 @@ pub mod harness;
 pub mod model;
 pub mod os;
 pub mod report;
+pub mod soak;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering, fence};

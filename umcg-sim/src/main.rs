@@ -31,6 +31,8 @@ enum Command {
     Calibrate(CommonArgs),
     /// Run the calibrated model: validation against the last `compare`, and sweeps.
     Model(ModelArgs),
+    /// Soak the M:N runtime with a seeded random event mix, its invariant checker on.
+    Soak(umcg_sim::soak::SoakArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -161,6 +163,10 @@ fn main() -> ExitCode {
         Command::Baseline(a) => run_baseline(&a),
         Command::Calibrate(a) => calibrate(&a),
         Command::Model(a) => run_model(&a),
+        Command::Soak(a) => match umcg_sim::soak::validate(&a) {
+            Err(e) => Err(Failure(2, e.0)),
+            Ok(()) => umcg_sim::soak::cli(&a).map_err(|e| Failure(1, e.0)),
+        },
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

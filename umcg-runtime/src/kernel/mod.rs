@@ -509,9 +509,17 @@ pub fn block_begin() -> Result<(), UmcgError> {
     if w.is_locked() || w.state() != TaskState::Running {
         return Ok(());
     }
-    // RUNNING=>BLOCKED, keeping flags and user bits.
+    // RUNNING=>BLOCKED, keeping flags and user bits. A kick may set PREEMPTED between the
+    // read and the CAS (the one change user space may make to a running worker's word):
+    // re-read and retry once, as the later generations' block hook does (spec §3, step 5),
+    // so RUNNING|PREEMPTED becomes BLOCKED|PREEMPTED. A second failure is a violation.
     if let Err(seen) = t.transition_once(w, TaskState::Running, TaskState::Blocked) {
-        return Err(v(ViolationKind::BlockTransitionRaced, &me, 0, Some(seen)));
+        if seen.is_locked() {
+            return Ok(()); // LOCKED meanwhile: the hook does nothing (step 1).
+        }
+        if let Err(seen) = t.transition_once(seen, TaskState::Running, TaskState::Blocked) {
+            return Err(v(ViolationKind::BlockTransitionRaced, &me, 0, Some(seen)));
+        }
     }
     let stid = t.server_tid.load(Ordering::Acquire);
     if stid == 0 {
@@ -544,9 +552,27 @@ pub fn block_end() -> Result<(), UmcgError> {
 /// queued: if a signal handler ends the wake hook's wait (hazard H5), it goes on waiting
 /// until a server runs the worker. Returning early would let the worker run user code
 /// beside the worker its server runs next.
+///
+/// If `f` panics, the wake hook still runs while the panic unwinds (its error, if any, is
+/// dropped): a worker must never go on running user code BLOCKED, beside the worker its
+/// server runs meanwhile.
 pub fn blocking<R>(f: impl FnOnce() -> R) -> Result<R, UmcgError> {
+    struct WakeOnUnwind;
+    impl Drop for WakeOnUnwind {
+        fn drop(&mut self) {
+            let _ = end_blocking();
+        }
+    }
     block_begin()?;
+    let guard = WakeOnUnwind;
     let r = f();
+    core::mem::forget(guard);
+    end_blocking()?;
+    Ok(r)
+}
+
+/// The tail of [`blocking`]: the wake hook, then (H5) wait until run.
+fn end_blocking() -> Result<(), UmcgError> {
     let _section = EmulatorSection::enter();
     if let Some(me) = registry::current()
         && me.worker
@@ -555,7 +581,7 @@ pub fn blocking<R>(f: impl FnOnce() -> R) -> Result<R, UmcgError> {
         // H5: queued and IDLE; someone will make it RUNNING.
         sleep_until_running(me.task(), false);
     }
-    Ok(r)
+    Ok(())
 }
 
 /// The idle loop of the hooks: sleep on the task's state word until it is RUNNING (spurious
@@ -589,7 +615,12 @@ fn wake_hook(me: &KTask) -> Result<bool, UmcgError> {
     match w.state() {
         TaskState::Blocked | TaskState::Idle | TaskState::Running => {
             // BLOCKED=>IDLE, IDLE=>IDLE, RUNNING(no server)=>IDLE.
-            if let Err(seen) = t.transition_once(w, w.state(), TaskState::Idle) {
+            // A kick may set PREEMPTED on a RUNNING (serverless) worker between the read
+            // and the CAS: retry once, like the block hook.
+            if let Err(seen) = t
+                .transition_once(w, w.state(), TaskState::Idle)
+                .or_else(|seen| t.transition_once(seen, w.state(), TaskState::Idle))
+            {
                 return Err(v(ViolationKind::WakeTransitionRaced, me, 0, Some(seen)));
             }
         }

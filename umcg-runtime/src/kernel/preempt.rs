@@ -159,13 +159,23 @@ fn preempt_now() {
     if !me.worker {
         return;
     }
-    IN_EMULATOR.with(|d| d.set(d.get() + 1));
-    compiler_fence(Ordering::SeqCst);
-    // Violations abort under the default policy; under ReturnError there is no caller to
-    // return them to from a signal handler, and the worker simply keeps running.
-    let _ = preempt(me);
-    compiler_fence(Ordering::SeqCst);
-    IN_EMULATOR.with(|d| d.set(d.get() - 1));
+    loop {
+        IN_EMULATOR.with(|d| d.set(d.get() + 1));
+        compiler_fence(Ordering::SeqCst);
+        // Violations abort under the default policy; under ReturnError there is no caller
+        // to return them to from a signal handler, and the worker simply keeps running.
+        let _ = preempt(me);
+        compiler_fence(Ordering::SeqCst);
+        IN_EMULATOR.with(|d| d.set(d.get() - 1));
+        compiler_fence(Ordering::SeqCst);
+        // A kick that arrived while `preempt` slept (the worker was run again and kicked
+        // before this thread got back here: the handler only noted it) must not be lost:
+        // the kicker saw RUNNING|PREEMPTED and will not kick again (it gets EAGAIN), so a
+        // worker that went back to user code with it pending would never be preempted.
+        if NO_PREEMPT.with(|n| n.get()) != 0 || !KICK_PENDING.with(|p| p.replace(false)) {
+            return;
+        }
+    }
 }
 
 fn preempt(me: &KTask) -> Result<(), UmcgError> {
@@ -174,6 +184,11 @@ fn preempt(me: &KTask) -> Result<(), UmcgError> {
     if w.state() != TaskState::Running || !w.is_preempted() || w.is_locked() {
         return Ok(()); // Blocked, yielded or locked meanwhile: nothing to do.
     }
+    // The server to wake is the one this run belongs to: read it before the worker becomes
+    // IDLE and queued. Once queued, another server may drain it and run it again (writing
+    // its own TID here); waking *that* server would wake it while it runs this worker, and
+    // leave this run's server asleep for ever.
+    let stid = t.server_tid.load(Ordering::Acquire);
     // RUNNING|PREEMPTED=>IDLE|PREEMPTED.
     if t.transition_once(w, TaskState::Running, TaskState::Idle)
         .is_err()
@@ -184,7 +199,6 @@ fn preempt(me: &KTask) -> Result<(), UmcgError> {
         let table = registry::read();
         enqueue_worker(me, &table)?;
         fence(Ordering::SeqCst);
-        let stid = t.server_tid.load(Ordering::Acquire);
         if let Some(s) = table.by_tid.get(&stid).filter(|s| !s.worker) {
             wake_server(me, s, &table)?;
         }
