@@ -121,10 +121,18 @@ impl Server {
                 Err(UmcgError::Errno(Errno::EINTR)) => continue,
                 Err(UmcgError::Errno(Errno::ETIMEDOUT)) => {
                     // End of the slice: kick, then wait for the worker to leave the CPU.
+                    // EAGAIN: it is off the CPU already; ESRCH: it also exited.
                     match kernel::umcg_kick(0, wtid) {
-                        Ok(()) | Err(UmcgError::Errno(Errno::EAGAIN)) => {}
+                        Ok(()) | Err(UmcgError::Errno(Errno::EAGAIN | Errno::ESRCH)) => {}
                         Err(e) => panic!("umcg runtime: kick failed: {e}"),
                     }
+                    wait_running();
+                    break;
+                }
+                // The switch found no worker: it ran before this call woke it (a signal
+                // ended its wait and it saw RUNNING), left and exited. Leaving made us
+                // RUNNING before it unregistered.
+                Err(UmcgError::Errno(Errno::ESRCH)) => {
                     wait_running();
                     break;
                 }

@@ -1,0 +1,910 @@
+//! Faults (issue 6, reliability): signal storms during every kind of wait, threads that
+//! exit while registered, fork, fds closed under epoll, and thread creation that fails.
+//!
+//! Every test runs alone (`serial()`): the storms signal every thread of the process, the
+//! idle-wakeup mode is process-wide, and the fd and task counts are too. No timing asserts:
+//! every wait is bounded by a watchdog that prints diagnostics and aborts the binary (a lost
+//! wakeup leaves threads asleep in `umcg_wait` that no panic could unstick).
+#![cfg(not(umcg_loom))]
+
+mod common;
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Group, Server, Worker, announce, announced_server, tid_of};
+use umcg_abi::idle_servers::{Pop, Remove};
+use umcg_abi::*;
+use umcg_runtime::kernel::{self, IdleWakeup, UmcgError};
+use umcg_runtime::sys::signal::{self as sig, Signal};
+use umcg_runtime::sys::{self, Errno};
+
+// ------------------------------------------------------------------------------------------
+// Infrastructure
+
+/// One test at a time (see the module doc).
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    common::init();
+    g
+}
+
+/// Diagnostics a watchdog prints before it aborts.
+type Diag = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Aborts the process with diagnostics unless dropped within `limit`: "this phase ends".
+struct Watchdog {
+    tx: Option<mpsc::Sender<()>>,
+    h: Option<thread::JoinHandle<()>>,
+}
+
+fn watchdog(what: &'static str, limit: Duration, diag: Diag) -> Watchdog {
+    let (tx, rx) = mpsc::channel::<()>();
+    let h = thread::Builder::new()
+        .name("faults-watchdog".into())
+        .spawn(move || {
+            if let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                eprintln!(
+                    "faults: {what} did not finish within {limit:?} (lost wakeup or hang)\n{}\n{}",
+                    diag(),
+                    dump_threads()
+                );
+                std::process::abort();
+            }
+        })
+        .unwrap();
+    Watchdog {
+        tx: Some(tx),
+        h: Some(h),
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(h) = self.h.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Every thread of the process: name, scheduler state and kernel wait channel.
+fn dump_threads() -> String {
+    let mut out = String::from("threads (tid name state wchan):\n");
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let tid = e.file_name().to_string_lossy().into_owned();
+        let p = e.path();
+        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(p.join("stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next())
+            .unwrap_or("?")
+            .to_string();
+        let wchan = std::fs::read_to_string(p.join("wchan")).unwrap_or_default();
+        let _ = writeln!(out, "  {tid} {} {state} {wchan}", comm.trim());
+    }
+    out
+}
+
+/// Panics of the runtime's own threads (servers, and workers outside a job) and of the
+/// runtime's internal checks: a signal or an exit must never cause one.
+static RUNTIME_PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Record panics whose thread is a runtime server or whose message comes from the runtime
+/// (`umcg ...`), then run the default hook. Jobs' own panics (caught into their handles)
+/// are not recorded.
+fn watch_runtime_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let msg = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let name = thread::current().name().unwrap_or("").to_string();
+            if name.starts_with("umcg-server") || msg.starts_with("umcg") {
+                RUNTIME_PANICS
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(format!("{name}: {msg}"));
+            }
+            default(info);
+        }));
+    });
+    RUNTIME_PANICS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+}
+
+/// Fail if a runtime thread panicked since [`watch_runtime_panics`].
+fn assert_no_runtime_panics() {
+    let p = RUNTIME_PANICS.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(p.is_empty(), "runtime threads panicked: {p:#?}");
+}
+
+/// Poll `cond` until it holds; fail naming `what` after a generous bound.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "timed out waiting for: {what}"
+        );
+        thread::sleep(Duration::from_micros(100));
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Signal storms
+
+/// SIGALRM handler runs (all threads).
+static ALRM: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn on_alrm(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Atomics only: async-signal-safe.
+    ALRM.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A storm of SIGALRM, whose handler is installed **without `SA_RESTART`**: an interval
+/// timer every 100 µs (process-directed: the kernel picks a thread) plus a thread that sends
+/// the signal to every other thread of the process with `tgkill`, then sleeps 100 µs, until
+/// dropped. Every wait of every server, worker and helper thread is hit, over and over.
+struct Storm {
+    stop: Arc<AtomicBool>,
+    h: Option<thread::JoinHandle<u64>>,
+}
+
+impl Storm {
+    fn start() -> Storm {
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            // SAFETY: the handler only bumps an atomic; SIGALRM is used by nothing else in
+            // this binary. The handler stays installed (a late timer signal must not kill).
+            unsafe { sig::install_handler(Signal::SIGALRM, on_alrm) }.unwrap();
+        });
+        set_itimer(Duration::from_micros(100));
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let h = thread::Builder::new()
+            .name("faults-storm".into())
+            .spawn(move || {
+                let me = sys::gettid();
+                let mut sent = 0u64;
+                while !s.load(Ordering::Relaxed) {
+                    for tid in process_tids() {
+                        if tid != me && sys::tgkill(tid, Signal::SIGALRM).is_ok() {
+                            sent += 1;
+                        }
+                    }
+                    thread::sleep(Duration::from_micros(100));
+                }
+                sent
+            })
+            .unwrap();
+        Storm { stop, h: Some(h) }
+    }
+}
+
+impl Drop for Storm {
+    fn drop(&mut self) {
+        set_itimer(Duration::ZERO);
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.h.take() {
+            let sent = h.join().unwrap();
+            eprintln!(
+                "storm: {sent} directed signals sent, {} handled",
+                ALRM.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+/// `setitimer(ITIMER_REAL)` with `interval` as period and first expiry (zero: disarm).
+fn set_itimer(interval: Duration) {
+    let tv = libc::timeval {
+        tv_sec: interval.as_secs() as libc::time_t,
+        tv_usec: interval.subsec_micros() as libc::suseconds_t,
+    };
+    let it = libc::itimerval {
+        it_interval: tv,
+        it_value: tv,
+    };
+    // SAFETY: `it` is a valid itimerval; the old value is not asked for (null).
+    let r = unsafe { libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "setitimer");
+}
+
+/// The TIDs of every thread of this process (`/proc/self/task`).
+fn process_tids() -> Vec<u32> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Run `f` in each idle-wakeup mode (list, then eventfd), restoring the mode in force.
+fn in_both_modes(mut f: impl FnMut(IdleWakeup)) {
+    let was = kernel::idle_wakeup();
+    for mode in [IdleWakeup::List, IdleWakeup::EventFd] {
+        wait_for("every task of the previous run to unregister", || {
+            kernel::registered_tasks() == 0
+        });
+        kernel::set_idle_wakeup(mode).unwrap();
+        f(mode);
+    }
+    wait_for("every task to unregister", || {
+        kernel::registered_tasks() == 0
+    });
+    kernel::set_idle_wakeup(was).unwrap();
+}
+
+// ------------------------------------------------------------------------------------------
+// Kernel level: a v0.3 scheduler written against the emulated calls, retrying EINTR
+
+/// What the kernel-level storm saw. Every `eintr_*` counts `EINTR` returns of one kind of
+/// wait (each retried).
+#[derive(Default)]
+struct KStats {
+    rounds: AtomicU64,
+    blocks: AtomicU64,
+    raw_blocks: AtomicU64,
+    h5: AtomicU64,
+    yields: AtomicU64,
+    swaps: AtomicU64,
+    exits: AtomicU64,
+    runs: AtomicU64,
+    idle_timed: AtomicU64,
+    idle_untimed: AtomicU64,
+    timeouts: AtomicU64,
+    eintr_run: AtomicU64,
+    eintr_idle: AtomicU64,
+    eintr_worker: AtomicU64,
+    /// Switches whose worker had already run and exited (`ESRCH`).
+    gone: AtomicU64,
+    /// Workers in user code per server index: never more than one.
+    occupancy: Vec<AtomicU32>,
+    /// Server TIDs by index.
+    server_tids: Vec<AtomicU32>,
+}
+
+impl KStats {
+    fn new(servers: usize) -> Arc<KStats> {
+        Arc::new(KStats {
+            occupancy: (0..servers).map(|_| AtomicU32::new(0)).collect(),
+            server_tids: (0..servers).map(|_| AtomicU32::new(0)).collect(),
+            ..KStats::default()
+        })
+    }
+
+    fn report(&self) -> String {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        format!(
+            "rounds {} blocks {} raw_blocks {} h5 {} yields {} swaps {} exits {} runs {} \
+             idle timed/untimed {}/{} timeouts {} EINTR run/idle/worker {}/{}/{} gone {} \
+             occupancy {:?} registered {}",
+            l(&self.rounds),
+            l(&self.blocks),
+            l(&self.raw_blocks),
+            l(&self.h5),
+            l(&self.yields),
+            l(&self.swaps),
+            l(&self.exits),
+            l(&self.runs),
+            l(&self.idle_timed),
+            l(&self.idle_untimed),
+            l(&self.timeouts),
+            l(&self.eintr_run),
+            l(&self.eintr_idle),
+            l(&self.eintr_worker),
+            l(&self.gone),
+            self.occupancy
+                .iter()
+                .map(|o| o.load(Ordering::Relaxed))
+                .collect::<Vec<_>>(),
+            kernel::registered_tasks(),
+        )
+    }
+
+    fn server_index(&self, tid: u32) -> usize {
+        self.server_tids
+            .iter()
+            .position(|t| t.load(Ordering::Acquire) == tid)
+            .unwrap_or_else(|| panic!("server_tid {tid} is not one of the servers"))
+    }
+
+    /// The calling worker is back in user code on its server: it must be alone there.
+    fn on_cpu(&self, t: &UmcgTask) {
+        let w = t.load_state();
+        assert_eq!(w.state(), TaskState::Running, "resumed while {w:?}");
+        let s = self.server_index(t.server_tid.load(Ordering::Acquire));
+        let n = self.occupancy[s].fetch_add(1, Ordering::AcqRel);
+        assert_eq!(n, 0, "two workers in user code on server {s}");
+    }
+
+    /// The calling worker is about to leave its server.
+    fn off_cpu(&self, t: &UmcgTask) {
+        let s = self.server_index(t.server_tid.load(Ordering::Acquire));
+        self.occupancy[s].fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn addr(t: &UmcgTask) -> usize {
+    (t as *const UmcgTask).expose_provenance()
+}
+
+/// The worker side of `umcg_wait(0, 0)` after it left the CPU (yield, swap, or H5): retry
+/// `EINTR` until RUNNING. A retry has `next_tid == 0`: it must not switch again.
+fn worker_wait(t: &UmcgTask, st: &KStats) {
+    loop {
+        match kernel::umcg_wait(0, 0) {
+            Ok(()) => break,
+            Err(UmcgError::Errno(Errno::EINTR)) => {
+                st.eintr_worker.fetch_add(1, Ordering::Relaxed);
+                t.next_tid.store(0, Ordering::Release);
+            }
+            Err(e) => panic!("worker umcg_wait: {e}"),
+        }
+    }
+    t.next_tid.store(0, Ordering::Release);
+    assert_eq!(t.load_state().state(), TaskState::Running);
+}
+
+/// Yield (§2.6): IDLE|LOCKED, back on the run queue, the server RUNNING, wait.
+fn k_yield(w: &Worker, g: &Group, st: &KStats) {
+    let t = w.task();
+    let stid = t.server_tid.load(Ordering::Acquire);
+    st.off_cpu(t);
+    t.store_state(StateWord(UMCG_TASK_IDLE | UMCG_TF_LOCKED));
+    g.runq.lock().unwrap().insert(0, addr(t));
+    let s = announced_server(stid).expect("announced server");
+    let _ = s.cas_word(StateWord(UMCG_TASK_IDLE), StateWord(UMCG_TASK_RUNNING));
+    t.next_tid.store(0, Ordering::Release);
+    worker_wait(t, st);
+    st.yields.fetch_add(1, Ordering::Relaxed);
+    st.on_cpu(t);
+}
+
+/// Swap to another runnable worker (§2.6 "W1 swaps to W2"), or yield if there is none.
+fn k_swap(w: &Worker, g: &Group, st: &KStats) {
+    let Some(next) = g.pop_runnable() else {
+        return k_yield(w, g, st);
+    };
+    let t = w.task();
+    let stid = t.server_tid.load(Ordering::Acquire);
+    // Still on its way into umcg_wait (it yielded): wait until it has detached.
+    wait_for("the swap target to clear LOCKED", || {
+        !next.load_state().is_locked()
+    });
+    st.off_cpu(t);
+    t.store_state(StateWord(UMCG_TASK_IDLE | UMCG_TF_LOCKED));
+    g.runq.lock().unwrap().insert(0, addr(t));
+    next.server_tid.store(stid, Ordering::Release);
+    next.transition(TaskState::Idle, TaskState::Running)
+        .expect("swap target must be IDLE");
+    t.next_tid.store(tid_of(next), Ordering::Release);
+    worker_wait(t, st);
+    st.swaps.fetch_add(1, Ordering::Relaxed);
+    st.on_cpu(t);
+}
+
+/// Block inside `kernel::blocking`: it must come back RUNNING, however many signals hit
+/// the blocked call and the wake hook's wait.
+fn k_blocking(w: &Worker, st: &KStats) {
+    let t = w.task();
+    st.off_cpu(t);
+    kernel::blocking(|| thread::sleep(Duration::from_micros(30))).unwrap();
+    st.blocks.fetch_add(1, Ordering::Relaxed);
+    st.on_cpu(t);
+}
+
+/// Block through the raw hooks (v0.3 semantics): a signal in the wake hook's wait returns
+/// the worker to user space IDLE and queued (H5); it must then wait in `umcg_wait`.
+fn k_raw_block(w: &Worker, st: &KStats) {
+    let t = w.task();
+    st.off_cpu(t);
+    kernel::block_begin().unwrap();
+    thread::sleep(Duration::from_micros(30));
+    kernel::block_end().unwrap();
+    if t.load_state().state() != TaskState::Running {
+        let s = t.load_state();
+        assert_eq!(
+            s.state(),
+            TaskState::Idle,
+            "after an interrupted wake hook: {s:?}"
+        );
+        st.h5.fetch_add(1, Ordering::Relaxed);
+        worker_wait(t, st);
+    }
+    st.raw_blocks.fetch_add(1, Ordering::Relaxed);
+    st.on_cpu(t);
+}
+
+/// Run `w` (T1 of §2.6) until its server is RUNNING again; `EINTR` retries without the
+/// switch.
+fn k_run(s: &Server, w: &UmcgTask, st: &KStats) {
+    wait_for("a worker to run to clear LOCKED", || {
+        !w.load_state().is_locked()
+    });
+    s.task.store_state(StateWord(UMCG_TASK_IDLE));
+    w.server_tid.store(s.tid, Ordering::Release);
+    w.transition(TaskState::Idle, TaskState::Running)
+        .expect("worker to run must be IDLE");
+    s.task.next_tid.store(tid_of(w), Ordering::Release);
+    loop {
+        match kernel::umcg_wait(0, 0) {
+            Ok(()) => break,
+            Err(UmcgError::Errno(Errno::EINTR)) => {
+                st.eintr_run.fetch_add(1, Ordering::Relaxed);
+                s.task.next_tid.store(0, Ordering::Release);
+            }
+            // The worker ran before the switch woke it (a signal ended its wait and it saw
+            // RUNNING) and exited; its exit made us RUNNING before it unregistered.
+            Err(UmcgError::Errno(Errno::ESRCH)) => {
+                st.gone.fetch_add(1, Ordering::Relaxed);
+                s.task.next_tid.store(0, Ordering::Release);
+            }
+            Err(e) => panic!("server umcg_wait: {e}"),
+        }
+    }
+    s.task.next_tid.store(0, Ordering::Release);
+    assert_eq!(s.task.load_state().state(), TaskState::Running);
+    st.runs.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Sleep until RUNNING: with a 2 ms timeout per call (`ETIMEDOUT` leaves the server IDLE
+/// and it waits again), or without.
+fn k_server_wait(s: &Server, timed: bool, st: &KStats) {
+    loop {
+        let abs = if timed {
+            sys::futex::realtime_now_ns() + 2_000_000
+        } else {
+            0
+        };
+        match kernel::umcg_wait(0, abs) {
+            Ok(()) => break,
+            Err(UmcgError::Errno(Errno::EINTR)) => {
+                st.eintr_idle.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(UmcgError::Errno(Errno::ETIMEDOUT)) if timed => {
+                st.timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => panic!("server idle umcg_wait: {e}"),
+        }
+    }
+    assert_eq!(s.task.load_state().state(), TaskState::Running);
+}
+
+/// The server-idles protocol of §2.6, once.
+fn k_idle(s: &Server, g: &Group, timed: bool, st: &KStats) {
+    if timed {
+        st.idle_timed.fetch_add(1, Ordering::Relaxed);
+    } else {
+        st.idle_untimed.fetch_add(1, Ordering::Relaxed);
+    }
+    s.task.store_state(StateWord(UMCG_TASK_IDLE));
+    // SAFETY: the server's task outlives the list's use (the test keeps it).
+    unsafe { g.idle_servers.push(&s.task) }.expect("push self");
+    fence(Ordering::SeqCst);
+    let work = !g.idle_workers.is_empty()
+        || !g.runq.lock().unwrap().is_empty()
+        || g.stop.load(Ordering::Acquire);
+    if !work || g.idle_servers.remove(&s.task) == Remove::AlreadyDeleted {
+        k_server_wait(s, timed, st);
+    } else {
+        s.task.store_state(StateWord(UMCG_TASK_RUNNING));
+    }
+    g.idle_servers.reclaim(&s.task).expect("reclaim");
+}
+
+fn k_server_loop(s: &Server, g: &Group, st: &KStats) {
+    let mut round = 0u64;
+    loop {
+        g.drain_idle_workers();
+        if let Some(w) = g.pop_runnable() {
+            k_run(s, w, st);
+            continue;
+        }
+        if g.stop.load(Ordering::Acquire) {
+            return;
+        }
+        round += 1;
+        k_idle(s, g, round.is_multiple_of(2), st);
+    }
+}
+
+/// Pop every idle server from the group's list, make it RUNNING and wake it.
+fn release_idle_servers(g: &Group) {
+    while let Pop::Got(node) = g.idle_servers.pop(kernel::list_bound()) {
+        // SAFETY: nodes on the list are registered servers' boxed tasks, alive until their
+        // thread is joined (after this loop).
+        let s = unsafe { &*node.task() };
+        if s.cas_word(StateWord(UMCG_TASK_IDLE), StateWord(UMCG_TASK_RUNNING))
+            .is_ok()
+        {
+            let _ = kernel::wake(s.server_tid.load(Ordering::Acquire));
+        }
+    }
+}
+
+/// Kernel level, both idle-wakeup modes: 2 servers and 6 workers under a SIGALRM storm.
+/// Workers block in `kernel::blocking` and through the raw hooks, yield and swap; servers
+/// run them and go idle with and without a timeout. Every round of every worker completes
+/// once, no server ever has two workers in user code, registration and `kernel::blocking`
+/// never surface `EINTR`, and every `EINTR` from `umcg_wait` is retried to the same result.
+#[test]
+fn signal_storm_kernel_waits() {
+    let _s = serial();
+    in_both_modes(|mode| {
+        const SERVERS: usize = 2;
+        const WORKERS: usize = 6;
+        const ROUNDS: u64 = 150;
+        let g = Group::new();
+        let st = KStats::new(SERVERS);
+        let st2 = st.clone();
+        let _wd = watchdog(
+            "the kernel-level storm",
+            Duration::from_secs(40),
+            Arc::new(move || format!("mode {mode:?}: {}", st2.report())),
+        );
+        let storm = Storm::start();
+        let servers: Vec<_> = (0..SERVERS)
+            .map(|i| {
+                let (g, st) = (g.clone(), st.clone());
+                thread::spawn(move || {
+                    let s = Server::register(&g);
+                    announce(&s);
+                    st.server_tids[i].store(s.tid, Ordering::Release);
+                    k_server_loop(&s, &g, &st);
+                })
+            })
+            .collect();
+        wait_for("servers to register", || {
+            st.server_tids
+                .iter()
+                .all(|t| t.load(Ordering::Acquire) != 0)
+        });
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|i| {
+                let (g, st) = (g.clone(), st.clone());
+                thread::spawn(move || {
+                    // Registration waits for a server; a signal must not end it early.
+                    let w = Worker::register(&g);
+                    st.on_cpu(w.task());
+                    for r in 0..ROUNDS {
+                        match (r + i as u64) % 4 {
+                            0 => k_blocking(&w, &st),
+                            1 => k_yield(&w, &g, &st),
+                            2 => k_swap(&w, &g, &st),
+                            _ => k_raw_block(&w, &st),
+                        }
+                        st.rounds.fetch_add(1, Ordering::Relaxed);
+                    }
+                    st.off_cpu(w.task());
+                    w.exit();
+                    st.exits.fetch_add(1, Ordering::Relaxed);
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        g.stop.store(true, Ordering::Release);
+        fence(Ordering::SeqCst);
+        while servers.iter().any(|s| !s.is_finished()) {
+            release_idle_servers(&g);
+            thread::sleep(Duration::from_micros(200));
+        }
+        for s in servers {
+            s.join().unwrap();
+        }
+        drop(storm);
+        eprintln!("kernel storm, {mode:?}: {}", st.report());
+        assert_eq!(st.rounds.load(Ordering::Relaxed), WORKERS as u64 * ROUNDS);
+        assert_eq!(st.exits.load(Ordering::Relaxed), WORKERS as u64);
+        assert!(g.runq.lock().unwrap().is_empty());
+        assert!(g.idle_workers.is_empty());
+    });
+}
+
+// ------------------------------------------------------------------------------------------
+// M:N level
+
+use umcg_runtime::cancel::{CancelToken, Cancelled};
+use umcg_runtime::sync::{Condvar, Mutex as UMutex, channel};
+use umcg_runtime::{Runtime, Unparker, io as uio};
+
+/// Progress of the M:N storm, per kind of wait.
+#[derive(Default, Debug)]
+struct MStats {
+    mutex: AtomicU64,
+    produced: AtomicU64,
+    consumed: AtomicU64,
+    pings: AtomicU64,
+    parks: AtomicU64,
+    sleeps: AtomicU64,
+    pipe_bytes: AtomicU64,
+    cancelled: AtomicU64,
+    joined: AtomicU64,
+    panics: AtomicU64,
+}
+
+fn l(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+/// M:N level, both idle-wakeup modes, 2 servers with a 1 ms time slice (so preemption kicks
+/// mix with the storm): contended `Mutex` (workers and a plain thread), `Condvar` with timed
+/// and untimed waits, channel ping-pong, `park`/`Unparker` against a plain thread, `sleep`,
+/// pipe reads through `io`, a `CancelToken` ending blocked reads, nested spawn/join and
+/// panicking jobs. Every operation completes exactly once and `shutdown` returns.
+#[test]
+fn signal_storm_mn_runtime() {
+    let _s = serial();
+    watch_runtime_panics();
+    in_both_modes(|mode| {
+        let st = Arc::new(MStats::default());
+        let st2 = st.clone();
+        let _wd = watchdog(
+            "the M:N storm",
+            Duration::from_secs(40),
+            Arc::new(move || {
+                format!(
+                    "mode {mode:?}: {st2:?}, registered {}",
+                    kernel::registered_tasks()
+                )
+            }),
+        );
+        let storm = Storm::start();
+        let rt = Runtime::builder()
+            .servers(2)
+            .idle_wakeup(mode)
+            .time_slice(Some(Duration::from_millis(1)))
+            .build()
+            .unwrap();
+        let mut hs: Vec<umcg_runtime::JoinHandle<()>> = Vec::new();
+
+        // 1. A contended mutex: 6 workers and a plain thread.
+        const INCS: u64 = 300;
+        let m = Arc::new(UMutex::new(0u64));
+        for _ in 0..6 {
+            let (m, st) = (m.clone(), st.clone());
+            hs.push(rt.spawn(move || {
+                for i in 0..INCS {
+                    *m.lock() += 1;
+                    st.mutex.fetch_add(1, Ordering::Relaxed);
+                    if i % 25 == 0 {
+                        umcg_runtime::yield_now();
+                    }
+                }
+            }));
+        }
+        let plain = {
+            let m = m.clone();
+            thread::spawn(move || {
+                for _ in 0..INCS {
+                    *m.lock() += 1;
+                }
+            })
+        };
+
+        // 2. Condvar producer/consumer, one consumer with timed waits.
+        const ITEMS: u64 = 150;
+        let q = Arc::new((UMutex::new(VecDeque::<u64>::new()), Condvar::new()));
+        let sum = Arc::new(AtomicU64::new(0));
+        for p in 0..2u64 {
+            let (q, st) = (q.clone(), st.clone());
+            hs.push(rt.spawn(move || {
+                for i in 0..ITEMS {
+                    q.0.lock().push_back(p * ITEMS + i);
+                    q.1.notify_one();
+                    st.produced.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        let taken = Arc::new(AtomicU64::new(0));
+        for c in 0..2 {
+            let (q, st, sum, taken) = (q.clone(), st.clone(), sum.clone(), taken.clone());
+            hs.push(rt.spawn(move || {
+                loop {
+                    let mut g = q.0.lock();
+                    loop {
+                        if let Some(v) = g.pop_front() {
+                            sum.fetch_add(v, Ordering::Relaxed);
+                            taken.fetch_add(1, Ordering::AcqRel);
+                            st.consumed.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        if taken.load(Ordering::Acquire) == 2 * ITEMS {
+                            q.1.notify_all();
+                            return;
+                        }
+                        g = if c == 0 {
+                            q.1.wait(g)
+                        } else {
+                            q.1.wait_timeout(g, Duration::from_micros(300)).0
+                        };
+                    }
+                    drop(g);
+                    if taken.load(Ordering::Acquire) == 2 * ITEMS {
+                        q.1.notify_all();
+                        return;
+                    }
+                }
+            }));
+        }
+
+        // 3. Channel ping-pong, 3 pairs.
+        const PINGS: u64 = 200;
+        for _ in 0..3 {
+            let (to_b, b_rx) = channel::<u64>();
+            let (to_a, a_rx) = channel::<u64>();
+            let st1 = st.clone();
+            hs.push(rt.spawn(move || {
+                for i in 0..PINGS {
+                    to_b.send(i).unwrap();
+                    assert_eq!(a_rx.recv().unwrap(), i + 1);
+                    st1.pings.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+            hs.push(rt.spawn(move || {
+                for i in 0..PINGS {
+                    assert_eq!(b_rx.recv().unwrap(), i);
+                    to_a.send(i + 1).unwrap();
+                }
+            }));
+        }
+
+        // 4. park/Unparker against a plain thread: strict turns.
+        const TURNS: u32 = 100;
+        let turn = Arc::new(AtomicU32::new(0));
+        let (utx, urx) = mpsc::channel::<Unparker>();
+        let main_thread = thread::current();
+        {
+            let (turn, st, main_thread) = (turn.clone(), st.clone(), main_thread.clone());
+            hs.push(rt.spawn(move || {
+                utx.send(Unparker::current()).unwrap();
+                for r in 0..TURNS {
+                    while turn.load(Ordering::Acquire) != 2 * r + 1 {
+                        umcg_runtime::park();
+                    }
+                    turn.store(2 * r + 2, Ordering::Release);
+                    main_thread.unpark();
+                    st.parks.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        let u = urx.recv().unwrap();
+        let parker = {
+            let turn = turn.clone();
+            thread::spawn(move || {
+                for r in 0..TURNS {
+                    turn.store(2 * r + 1, Ordering::Release);
+                    u.unpark();
+                    let t0 = Instant::now();
+                    while turn.load(Ordering::Acquire) != 2 * r + 2 {
+                        // The worker unparks the test's main thread, not this one: poll.
+                        thread::sleep(Duration::from_micros(50));
+                        assert!(t0.elapsed() < Duration::from_secs(20), "turn {r} lost");
+                    }
+                }
+            })
+        };
+
+        // 5. sleep.
+        for _ in 0..4 {
+            let st = st.clone();
+            hs.push(rt.spawn(move || {
+                for _ in 0..30 {
+                    umcg_runtime::sleep(Duration::from_micros(100));
+                    st.sleeps.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+
+        // 6. Pipe reads and writes through `io`.
+        const MSGS: u64 = 200;
+        for _ in 0..2 {
+            let (r, w) = std::io::pipe().unwrap();
+            hs.push(rt.spawn(move || {
+                for i in 0..MSGS {
+                    let mut b = &i.to_le_bytes()[..];
+                    while !b.is_empty() {
+                        let n = uio::write(&w, b).unwrap();
+                        b = &b[n..];
+                    }
+                    if i % 20 == 0 {
+                        umcg_runtime::sleep(Duration::from_micros(50));
+                    }
+                }
+            }));
+            let st = st.clone();
+            hs.push(rt.spawn(move || {
+                let mut got = Vec::with_capacity(8 * MSGS as usize);
+                let mut buf = [0u8; 64];
+                while got.len() < 8 * MSGS as usize {
+                    let n = uio::read(&r, &mut buf).unwrap();
+                    assert_ne!(n, 0, "EOF before every message");
+                    got.extend_from_slice(&buf[..n]);
+                    st.pipe_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                for (i, c) in got.chunks(8).enumerate() {
+                    assert_eq!(u64::from_le_bytes(c.try_into().unwrap()), i as u64);
+                }
+            }));
+        }
+
+        // 7. A CancelToken ends 4 blocked reads.
+        let token = CancelToken::new();
+        let mut keep = Vec::new();
+        for _ in 0..4 {
+            let (r, w) = std::io::pipe().unwrap();
+            keep.push(w);
+            let (t, st) = (token.clone(), st.clone());
+            hs.push(rt.spawn(move || {
+                let e = t.run(|| uio::read(&r, &mut [0u8; 8])).unwrap_err();
+                assert!(Cancelled::is(&e), "{e}");
+                st.cancelled.fetch_add(1, Ordering::Relaxed);
+            }));
+        }
+
+        // 8. Nested spawn/join and panicking jobs.
+        for _ in 0..2 {
+            let st = st.clone();
+            hs.push(rt.spawn(move || {
+                let inner: Vec<_> = (0..10u64)
+                    .map(|i| umcg_runtime::spawn(move || i * 2))
+                    .collect();
+                let s: u64 = inner.into_iter().map(|h| h.join().unwrap()).sum();
+                assert_eq!(s, 90);
+                st.joined.fetch_add(10, Ordering::Relaxed);
+                let e = umcg_runtime::spawn(|| -> u32 { panic!("storm panic") })
+                    .join()
+                    .unwrap_err();
+                assert!(e.is_panic());
+                st.panics.fetch_add(1, Ordering::Relaxed);
+            }));
+        }
+
+        wait_for("the 4 readers to wait", || token.waiters() == 4);
+        token.cancel();
+        for h in hs {
+            h.join().unwrap();
+        }
+        plain.join().unwrap();
+        parker.join().unwrap();
+        rt.shutdown().unwrap();
+        drop(keep);
+        drop(storm);
+        eprintln!("M:N storm, {mode:?}: {st:?}");
+        assert_eq!(*m.lock(), 7 * INCS);
+        assert_eq!(l(&st.mutex), 6 * INCS);
+        assert_eq!(l(&st.produced), 2 * ITEMS);
+        assert_eq!(l(&st.consumed), 2 * ITEMS);
+        assert_eq!(sum.load(Ordering::Relaxed), (0..2 * ITEMS).sum::<u64>());
+        assert_eq!(l(&st.pings), 3 * PINGS);
+        assert_eq!(l(&st.parks), u64::from(TURNS));
+        assert_eq!(l(&st.sleeps), 4 * 30);
+        assert_eq!(l(&st.pipe_bytes), 2 * 8 * MSGS);
+        assert_eq!(l(&st.cancelled), 4);
+        assert_eq!(l(&st.joined), 20);
+        assert_eq!(l(&st.panics), 2);
+        assert_no_runtime_panics();
+    });
+}
