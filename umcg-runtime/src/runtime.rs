@@ -500,7 +500,14 @@ impl Shared {
         let r = thread::Builder::new()
             .name(format!("umcg-worker-{id}"))
             .stack_size(self.stack_size)
-            .spawn(move || worker::worker_main(sh, w));
+            .spawn(move || {
+                // If the thread ever unwinds out of `worker_main` while still registered (a
+                // runtime bug), the emulator's exit cleanup writes its task in a
+                // thread-local destructor, after this frame is gone: leak the `WorkerCtl`
+                // on that path so that the task outlives it.
+                let _keep = KeepOnUnwind(Some(w.clone()));
+                worker::worker_main(sh, w);
+            });
         match r {
             Ok(h) => {
                 let mut v = lock(&self.worker_threads);
@@ -540,6 +547,17 @@ impl Shared {
     pub(crate) fn worker_gone(&self) {
         if self.live_workers.fetch_sub(1, Ordering::AcqRel) == 1 && self.is_shutting_down() {
             self.wake_all_idle_servers();
+        }
+    }
+}
+
+/// Leaks its worker record if dropped during a panic (see `Shared::start_worker`).
+struct KeepOnUnwind(Option<Arc<WorkerCtl>>);
+
+impl Drop for KeepOnUnwind {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            std::mem::forget(self.0.take());
         }
     }
 }

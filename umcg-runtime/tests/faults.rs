@@ -422,8 +422,9 @@ fn k_raw_block(w: &Worker, st: &KStats) {
     kernel::block_begin().unwrap();
     thread::sleep(Duration::from_micros(30));
     kernel::block_end().unwrap();
-    if t.load_state().state() != TaskState::Running {
-        let s = t.load_state();
+    let s = t.load_state();
+    if s.state() != TaskState::Running {
+        // (A server may make it RUNNING from here on: one load.)
         assert_eq!(
             s.state(),
             TaskState::Idle,
@@ -907,4 +908,230 @@ fn signal_storm_mn_runtime() {
         assert_eq!(l(&st.panics), 2);
         assert_no_runtime_panics();
     });
+}
+
+// ------------------------------------------------------------------------------------------
+// Threads that exit while registered
+
+/// `umcg_wait(0, 0)` for a server whose `next_tid` is set (or 0), retrying `EINTR` without
+/// the switch; fails (instead of hanging) if nobody makes the server RUNNING within `limit`.
+fn server_wait_bounded(s: &Server, limit: Duration) -> Result<(), UmcgError> {
+    let abs = sys::futex::realtime_now_ns() + limit.as_nanos() as u64;
+    let r = loop {
+        match kernel::umcg_wait(0, abs) {
+            Err(UmcgError::Errno(Errno::EINTR)) => s.task.next_tid.store(0, Ordering::Release),
+            Err(UmcgError::Errno(Errno::ETIMEDOUT))
+                if s.task.load_state().state() == TaskState::Running =>
+            {
+                break Ok(());
+            }
+            r => break r,
+        }
+    };
+    s.task.next_tid.store(0, Ordering::Release);
+    r
+}
+
+/// Run `w` (T1): S:IDLE, W's server and W:RUNNING, then the bounded wait.
+fn run_bounded(s: &Server, w: &UmcgTask, limit: Duration) -> Result<StateWord, UmcgError> {
+    s.task.store_state(StateWord(UMCG_TASK_IDLE));
+    w.server_tid.store(s.tid, Ordering::Release);
+    w.transition(TaskState::Idle, TaskState::Running)
+        .expect("worker to run must be IDLE");
+    s.task.next_tid.store(tid_of(w), Ordering::Release);
+    server_wait_bounded(s, limit)?;
+    Ok(w.load_state())
+}
+
+/// A worker thread that ends while RUNNING on its server, without unregistering: its
+/// thread-local destructor unregisters it, marks it NONE (the state v0.9.1's successors give
+/// an unregistered task) and wakes the server that was waiting for it (what
+/// `UNREGISTER|WORKER` does in the later ABIs; v0.3's kernel woke nobody and the server
+/// slept for ever).
+#[test]
+fn worker_exits_running_without_unregistering() {
+    let _s = serial();
+    let g = Group::new();
+    let gw = g.clone();
+    let exited = Arc::new(AtomicBool::new(false));
+    let ex = exited.clone();
+    let worker = thread::spawn(move || {
+        let w = Worker::register(&gw);
+        assert_eq!(w.task().load_state().state(), TaskState::Running);
+        ex.store(true, Ordering::Release);
+        // Returns while registered and RUNNING.
+    });
+    let s = Server::register(&g);
+    announce(&s);
+    s.wait_for_workers(Instant::now() + Duration::from_secs(20));
+    let w = g.pop_runnable().unwrap();
+    let st = run_bounded(&s, w, Duration::from_secs(10))
+        .expect("the server must be woken when its running worker's thread exits");
+    worker.join().unwrap();
+    assert!(exited.load(Ordering::Acquire));
+    assert_eq!(
+        st.state(),
+        TaskState::None,
+        "the exited worker reads {st:?}"
+    );
+    assert_eq!(s.task.load_state().state(), TaskState::Running);
+    assert_eq!(kernel::registered_tasks(), 1, "only the server is left");
+}
+
+static USR2: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn on_usr2(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    USR2.fetch_add(1, Ordering::Relaxed);
+}
+
+fn install_usr2() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: the handler only bumps an atomic; SIGUSR2 is used by nothing else in this
+        // binary (no SA_RESTART: it ends the wake hook's wait, H5).
+        unsafe { sig::install_handler(Signal::SIGUSR2, on_usr2) }.unwrap();
+    });
+}
+
+/// Block and unblock through the raw hooks while the server is busy, and return once a
+/// SIGUSR2 ended the wake hook's wait (H5, sent by [`interrupt_until`]): the worker is back
+/// in user space IDLE and queued on the idle-worker list; `h5` tells the test.
+fn block_until_h5(w: &Worker, h5: &AtomicBool) {
+    kernel::block_begin().unwrap();
+    thread::sleep(Duration::from_millis(1));
+    kernel::block_end().unwrap();
+    assert_eq!(w.task().load_state().state(), TaskState::Idle, "H5: IDLE");
+    h5.store(true, Ordering::Release);
+}
+
+/// Signal `tid` (asleep in the wake hook) until it reports H5.
+fn interrupt_until(tid: u32, h5: &AtomicBool) {
+    let t0 = Instant::now();
+    while !h5.load(Ordering::Acquire) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "H5 never happened");
+        if common::is_sleeping(tid) {
+            let _ = sys::tgkill(tid, Signal::SIGUSR2);
+        }
+        thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// A worker that exits while queued on the idle-worker list (after H5, not yet taken by a
+/// server) must not leave a node that the emulated kernel later dereferences or writes.
+///
+/// W1 exits queued; W2 is queued above it (W2's link is W1's node). A `WAKE_ONLY` aimed at
+/// W2 runs its wake hook while it is queued: the double-enqueue guard must still read W2's
+/// link as a link (W1's node is a tombstone in the registry), not as a list head to push
+/// onto, which would write W2's node into the exited W1's task. Then the server takes the
+/// list: W2 once, and W1 marked NONE (gone; user space drops it).
+#[test]
+fn worker_exits_while_queued() {
+    let _s = serial();
+    install_usr2();
+    let g = Group::new();
+    let (h5_1, h5_2) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let go2 = Arc::new(AtomicBool::new(false));
+    let (tid1, tid2) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let w1 = {
+        let (g, h5, tid) = (g.clone(), h5_1.clone(), tid1.clone());
+        thread::spawn(move || {
+            let w = Worker::register(&g);
+            tid.store(sys::gettid(), Ordering::Release);
+            block_until_h5(&w, &h5);
+            // Returns while registered, IDLE and queued.
+        })
+    };
+    let s = Server::register(&g);
+    announce(&s);
+    let limit = Duration::from_secs(10);
+    s.wait_for_workers(Instant::now() + limit);
+    let t1 = g.pop_runnable().unwrap();
+    let w1_task = addr(t1);
+    // W1 runs, blocks: BLOCKED (or already unblocked and queued), the server is woken.
+    run_bounded(&s, t1, limit).unwrap();
+    let w2 = {
+        let (g, h5, tid, go) = (g.clone(), h5_2.clone(), tid2.clone(), go2.clone());
+        thread::spawn(move || {
+            let w = Worker::register(&g);
+            tid.store(sys::gettid(), Ordering::Release);
+            while !go.load(Ordering::Acquire) {
+                thread::yield_now();
+            }
+            block_until_h5(&w, &h5);
+            // Queued: wait until a server runs it (WAKE_ONLYs re-run the wake hook).
+            loop {
+                match kernel::umcg_wait(0, 0) {
+                    Ok(()) => break,
+                    Err(UmcgError::Errno(Errno::EINTR)) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            w.exit();
+        })
+    };
+    // W2 registers (queued), the server takes it off the list (W1 may be on it too).
+    wait_for("W2 on the idle-worker list", || {
+        g.drain_idle_workers();
+        let q = g.runq.lock().unwrap();
+        q.len() == 1 + usize::from(q.contains(&w1_task))
+    });
+    let t2 = {
+        let mut q = g.runq.lock().unwrap();
+        let i = q.iter().position(|&a| a != w1_task).unwrap();
+        q.remove(i)
+    };
+    // SAFETY: worker tasks are leaked by the harness.
+    let t2: &UmcgTask = unsafe { &*std::ptr::with_exposed_provenance(t2) };
+    // W1 unblocked meanwhile and was queued: if that drain took it, put it back on the list
+    // (the test needs it queued below W2). It sleeps IDLE in the wake hook; re-pushing it is
+    // what the kernel's next wake hook would do.
+    if g.runq.lock().unwrap().contains(&w1_task) {
+        g.runq.lock().unwrap().retain(|&a| a != w1_task);
+        // SAFETY: as above.
+        let t1: &UmcgTask = unsafe { &*std::ptr::with_exposed_provenance(w1_task) };
+        g.idle_workers.push(t1, 64).unwrap();
+    }
+    // W1 ends its wake-hook wait by H5 and exits while queued.
+    interrupt_until(tid1.load(Ordering::Acquire), &h5_1);
+    w1.join().unwrap();
+    // SAFETY: as above.
+    let t1: &UmcgTask = unsafe { &*std::ptr::with_exposed_provenance(w1_task) };
+    assert_eq!(t1.load_state().state(), TaskState::None, "exited W1");
+    let w1_link = t1.idle_workers_ptr.load(Ordering::Acquire);
+    assert_ne!(w1_link, g.idle_workers.addr(), "W1 is still queued");
+    // W2 runs on the server, blocks and unblocks while the server is busy (here), is queued
+    // above W1, and H5 returns it to user space, where it waits in umcg_wait.
+    go2.store(true, Ordering::Release);
+    run_bounded(&s, t2, limit).unwrap();
+    interrupt_until(tid2.load(Ordering::Acquire), &h5_2);
+    assert_eq!(
+        t2.idle_workers_ptr.load(Ordering::Acquire),
+        t1.idle_workers_node(),
+        "W2 is queued right above W1"
+    );
+    // Re-run W2's wake hook while it is queued.
+    let wtid = tid2.load(Ordering::Acquire);
+    s.task.next_tid.store(wtid, Ordering::Release);
+    for _ in 0..3 {
+        common::wait_until_sleeping(wtid);
+        kernel::umcg_wait(UMCG_WAIT_WAKE_ONLY, 0).unwrap();
+    }
+    common::wait_until_sleeping(wtid);
+    s.task.next_tid.store(0, Ordering::Release);
+    assert_eq!(
+        t1.idle_workers_ptr.load(Ordering::Acquire),
+        w1_link,
+        "the kernel wrote through the exited worker's node"
+    );
+    // The list holds W2 once and the exited W1, which user space drops (state NONE).
+    assert_eq!(g.drain_idle_workers(), 2);
+    let taken: Vec<usize> = std::mem::take(&mut *g.runq.lock().unwrap());
+    assert_eq!(taken.iter().filter(|&&a| a == addr(t2)).count(), 1);
+    assert!(taken.contains(&w1_task));
+    assert_eq!(kernel::registered_tasks(), 2, "the server and W2");
+    run_bounded(&s, t2, limit).unwrap();
+    w2.join().unwrap();
 }
