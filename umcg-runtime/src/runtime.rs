@@ -173,7 +173,15 @@ impl Builder {
     }
 
     /// Start the servers.
+    ///
+    /// The first build in a process also wraps the panic hook in force so that it runs with
+    /// preemption deferred ([`kernel::no_preempt`]): a hook prints (std's takes the stderr
+    /// lock and allocates a backtrace), and a worker preempted inside it would park while
+    /// holding those locks, stalling every worker that then waits for them in the kernel,
+    /// where its server cannot see it (`kernel::preempt`, "What the emulator cannot see"). A
+    /// hook installed later should wrap itself the same way.
     pub fn build(self) -> Result<Runtime, Error> {
+        defer_preemption_in_panic_hook();
         let cpus = sys::allowed_cpus().unwrap_or_else(|_| vec![0]);
         // The kernel pop visits at most list_bound() nodes, the end included: at most
         // bound - 1 servers may be marked at once.
@@ -549,6 +557,15 @@ impl Shared {
             self.wake_all_idle_servers();
         }
     }
+}
+
+/// Run the process's panic hook inside `no_preempt` (see [`Builder::build`]); once.
+fn defer_preemption_in_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| kernel::no_preempt(|| hook(info))));
+    });
 }
 
 /// Leaks its worker record if dropped during a panic (see `Shared::start_worker`).

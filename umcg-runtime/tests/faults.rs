@@ -39,38 +39,69 @@ fn serial() -> MutexGuard<'static, ()> {
 type Diag = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Aborts the process with diagnostics unless dropped within `limit`: "this phase ends".
+///
+/// The diagnostics go straight to fd 2 with `write(2)` (not `eprintln!`, whose capture lock a
+/// stuck thread may hold), and a second thread aborts without printing 15 s later in case
+/// building them blocks too (on a lock held by a stuck thread, e.g. malloc's).
 struct Watchdog {
-    tx: Option<mpsc::Sender<()>>,
-    h: Option<thread::JoinHandle<()>>,
+    tx: Vec<mpsc::Sender<()>>,
+    h: Vec<thread::JoinHandle<()>>,
 }
 
 fn watchdog(what: &'static str, limit: Duration, diag: Diag) -> Watchdog {
     let (tx, rx) = mpsc::channel::<()>();
+    let (tx2, rx2) = mpsc::channel::<()>();
     let h = thread::Builder::new()
         .name("faults-watchdog".into())
         .spawn(move || {
             if let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
-                eprintln!(
-                    "faults: {what} did not finish within {limit:?} (lost wakeup or hang)\n{}\n{}",
-                    diag(),
-                    dump_threads()
-                );
+                raw_eprint(&format!(
+                    "faults: {what} did not finish within {limit:?} (lost wakeup or hang)\n"
+                ));
+                raw_eprint(&format!("{}\n{}", diag(), dump_threads()));
                 std::process::abort();
             }
         })
         .unwrap();
+    let h2 = thread::Builder::new()
+        .name("faults-watchdog".into())
+        .spawn(move || {
+            if let Err(RecvTimeoutError::Timeout) =
+                rx2.recv_timeout(limit + Duration::from_secs(15))
+            {
+                // SAFETY: abort takes no arguments and does not return.
+                unsafe { libc::abort() };
+            }
+        })
+        .unwrap();
     Watchdog {
-        tx: Some(tx),
-        h: Some(h),
+        tx: vec![tx, tx2],
+        h: vec![h, h2],
     }
 }
 
 impl Drop for Watchdog {
     fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(h) = self.h.take() {
+        self.tx.clear();
+        for h in self.h.drain(..) {
             let _ = h.join();
         }
+    }
+}
+
+/// `write(2)` to fd 2, bypassing the test harness's output capture and its lock.
+fn raw_eprint(s: &str) {
+    let mut b = s.as_bytes();
+    while !b.is_empty() {
+        // SAFETY: `b` is a valid buffer of `b.len()` bytes for the duration of the call.
+        let n = unsafe { libc::write(2, b.as_ptr().cast(), b.len()) };
+        if n <= 0 {
+            if n < 0 && Errno::last() == Errno::EINTR {
+                continue;
+            }
+            return;
+        }
+        b = &b[n as usize..];
     }
 }
 
@@ -108,19 +139,8 @@ fn watch_runtime_panics() {
     ONCE.call_once(|| {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let msg = info
-                .payload()
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| info.payload().downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            let name = thread::current().name().unwrap_or("").to_string();
-            if name.starts_with("umcg-server") || msg.starts_with("umcg") {
-                RUNTIME_PANICS
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(format!("{name}: {msg}"));
-            }
+            // Preemption deferred while this hook allocates and locks (see `Builder::build`).
+            kernel::no_preempt(|| record_runtime_panic(info));
             default(info);
         }));
     });
@@ -128,6 +148,22 @@ fn watch_runtime_panics() {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clear();
+}
+
+fn record_runtime_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let msg = info
+        .payload()
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| info.payload().downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    let name = thread::current().name().unwrap_or("").to_string();
+    if name.starts_with("umcg-server") || msg.starts_with("umcg") {
+        RUNTIME_PANICS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!("{name}: {msg}"));
+    }
 }
 
 /// Fail if a runtime thread panicked since [`watch_runtime_panics`].
