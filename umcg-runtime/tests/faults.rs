@@ -1171,3 +1171,51 @@ fn worker_exits_while_queued() {
     run_bounded(&s, t2, limit).unwrap();
     w2.join().unwrap();
 }
+
+/// A registering worker waits in the wake hook until a server runs it; a signal ends that
+/// wait (H5), but not the registration, which waits on. It must not run the wake hook again:
+/// a server may already have taken the worker off the idle-worker list (resetting its
+/// field), and a second hook would queue it again, so that user space would later run a
+/// worker that is already running (found by `signal_storm_mn_runtime`: "worker 18 is
+/// runnable but Blocked").
+#[test]
+fn registration_interrupted_by_signals_queues_once() {
+    let _s = serial();
+    install_usr2();
+    let g = Group::new();
+    let s = Server::register(&g);
+    announce(&s);
+    let tid = Arc::new(AtomicU32::new(0));
+    let (gw, t2) = (g.clone(), tid.clone());
+    let worker = thread::spawn(move || {
+        let w = Worker::register_with(&gw, |_, tid| t2.store(tid, Ordering::Release));
+        w.exit();
+    });
+    // Queued by the registration's wake hook; take it off the list (user space now holds
+    // it), then interrupt the registration's wait a few times.
+    wait_for("the registering worker on the idle-worker list", || {
+        !g.idle_workers.is_empty()
+    });
+    assert_eq!(g.drain_idle_workers(), 1);
+    let wtid = tid.load(Ordering::Acquire);
+    for _ in 0..5 {
+        common::wait_until_sleeping(wtid);
+        let n = USR2.load(Ordering::Relaxed);
+        sys::tgkill(wtid, Signal::SIGUSR2).unwrap();
+        wait_for("the signal to be handled", || {
+            USR2.load(Ordering::Relaxed) > n
+        });
+    }
+    common::wait_until_sleeping(wtid);
+    assert!(
+        g.idle_workers.is_empty(),
+        "an interrupted registration queued the worker again"
+    );
+    let w = g.pop_runnable().unwrap();
+    assert!(
+        run_bounded(&s, w, Duration::from_secs(10))
+            .unwrap()
+            .is_locked()
+    );
+    worker.join().unwrap();
+}

@@ -306,20 +306,12 @@ pub unsafe fn umcg_ctl(flags: u32, task: *mut UmcgTask) -> Result<Ctl, UmcgError
         preempt::install_handler();
     }
     let me = registry::register_current(KTask::new(sys::gettid(), task, worker, idle_fd))?;
-    if worker {
-        // §2.3 step 6: the wake hook, synchronously; return only once RUNNING (a signal
-        // does not end a registration: the issue asks for the stronger guarantee).
-        loop {
-            let interrupted = wake_hook(&me)?;
-            if me.task().load_state().state() == TaskState::Running {
-                break;
-            }
-            debug_assert!(interrupted);
-            idle_loop(&me, None).ok();
-            if me.task().load_state().state() == TaskState::Running {
-                break;
-            }
-        }
+    if worker && wake_hook(&me)? {
+        // §2.3 step 6: the wake hook, synchronously; return only once RUNNING. A signal
+        // ended the hook's wait (H5) but does not end a registration (the issue asks for
+        // the stronger guarantee): wait on, without running the hook again. A server may
+        // already have taken the worker off the list; a second hook would queue it twice.
+        sleep_until_running(me.task(), false);
     }
     Ok(Ctl::Done)
 }
