@@ -174,10 +174,18 @@ impl Builder {
 
     /// Start the servers. With `UMCG_CHECK=1` in the environment, the invariant checks of
     /// [`check`](crate::check) are switched on first.
+    ///
+    /// The first build in a process also wraps the panic hook in force so that it runs with
+    /// preemption deferred ([`kernel::no_preempt`]): a hook prints (std's takes the stderr
+    /// lock and allocates a backtrace), and a worker preempted inside it would park while
+    /// holding those locks, stalling every worker that then waits for them in the kernel,
+    /// where its server cannot see it (`kernel::preempt`, "What the emulator cannot see"). A
+    /// hook installed later should wrap itself the same way.
     pub fn build(self) -> Result<Runtime, Error> {
         if std::env::var_os("UMCG_CHECK").is_some_and(|v| v == "1") {
             crate::check::enable();
         }
+        defer_preemption_in_panic_hook();
         let cpus = sys::allowed_cpus().unwrap_or_else(|_| vec![0]);
         // The kernel pop visits at most list_bound() nodes, the end included: at most
         // bound - 1 servers may be marked at once.
@@ -623,7 +631,14 @@ impl Shared {
         let r = thread::Builder::new()
             .name(format!("umcg-worker-{id}"))
             .stack_size(self.stack_size)
-            .spawn(move || worker::worker_main(sh, w));
+            .spawn(move || {
+                // If the thread ever unwinds out of `worker_main` while still registered (a
+                // runtime bug), the emulator's exit cleanup writes its task in a
+                // thread-local destructor, after this frame is gone: leak the `WorkerCtl`
+                // on that path so that the task outlives it.
+                let _keep = KeepOnUnwind(Some(w.clone()));
+                worker::worker_main(sh, w);
+            });
         match r {
             Ok(h) => {
                 let mut v = lock(&self.worker_threads);
@@ -663,6 +678,26 @@ impl Shared {
     pub(crate) fn worker_gone(&self) {
         if self.live_workers.fetch_sub(1, Ordering::AcqRel) == 1 && self.is_shutting_down() {
             self.wake_all_idle_servers();
+        }
+    }
+}
+
+/// Run the process's panic hook inside `no_preempt` (see [`Builder::build`]); once.
+fn defer_preemption_in_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| kernel::no_preempt(|| hook(info))));
+    });
+}
+
+/// Leaks its worker record if dropped during a panic (see `Shared::start_worker`).
+struct KeepOnUnwind(Option<Arc<WorkerCtl>>);
+
+impl Drop for KeepOnUnwind {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            std::mem::forget(self.0.take());
         }
     }
 }

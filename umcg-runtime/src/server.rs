@@ -273,6 +273,13 @@ impl Server {
                     }
                     deadline = slice.map(deadline_after);
                 }
+                // The switch found no worker: it ran before this call woke it (a signal
+                // ended its wait and it saw RUNNING), left and exited. Leaving made us
+                // RUNNING before it unregistered.
+                Err(UmcgError::Errno(Errno::ESRCH)) => {
+                    wait_running();
+                    break;
+                }
                 Err(e) => panic!("umcg runtime: server wait failed: {e}"),
             }
         }

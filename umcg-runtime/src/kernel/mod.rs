@@ -53,6 +53,28 @@
 //! register anew. Shared lists copied into the child still name the parent's tasks; the
 //! child's kernel rejects those nodes (they are not in its registry).
 //!
+//! # Exit while registered
+//!
+//! v0.3's kernel forgot a thread that exited registered and woke nobody (spec §4.6: user
+//! space must unregister first, and a server waiting for an exited worker slept for ever).
+//! The emulator does better, in the thread's last thread-local destructor ([`task_exited`]):
+//! 1. It unregisters the task (write lock: after this no kernel path can find it). A worker
+//!    still queued on an idle-worker list leaves a tombstone for its node (`registry`), so
+//!    that the wake hook never takes that address for a list head and writes through it.
+//! 2. A worker's state becomes NONE (flags cleared, user bits kept), the state later ABIs
+//!    give an unregistered task: a server that finds it on a list or in a run queue can tell
+//!    it is gone, and switching to it fails (its CAS IDLE→RUNNING, or `ESRCH` once the thread
+//!    is gone).
+//! 3. If the worker was RUNNING, its server is waiting in `umcg_wait` for it to leave the
+//!    CPU: exactly IDLE→exactly RUNNING and wake it, as `UNREGISTER|WORKER` does in the later
+//!    ABIs (spec §5.3). IDLE|LOCKED (the worker was handing the CPU back itself): wake it
+//!    without a state change (a harmless spurious wake if it is awake). BLOCKED (the block
+//!    hook woke it) and IDLE (queued, or held by user space): nobody.
+//!
+//! Hence the contract of [`umcg_ctl`]: a task stays valid until its thread unregisters or,
+//! if it never does, until the thread's thread-local destructors have run. A task on the
+//! thread's own stack must be unregistered before the thread function returns.
+//!
 //! Contract violations the kernel answered with SIGSEGV/SIGKILL are reported with a message
 //! naming the violation and the task, then the process aborts, or, under
 //! [`OnViolation::ReturnError`], they come back as [`UmcgError::Violation`].
@@ -232,7 +254,10 @@ fn v(kind: ViolationKind, me: &KTask, other: u32, state: Option<StateWord>) -> U
 ///
 /// # Safety
 /// - If `task` passes the checks, it points to a `struct umcg_task` that stays valid and
-///   does not move until the calling thread unregisters (or exits).
+///   does not move until the calling thread unregisters or, if it exits registered, until
+///   its thread-local destructors have run (one of them unregisters it and writes its state:
+///   module doc, "Exit while registered"). A task on the thread's stack must therefore be
+///   unregistered before the thread function returns.
 pub unsafe fn umcg_ctl(flags: u32, task: *mut UmcgTask) -> Result<Ctl, UmcgError> {
     let _section = EmulatorSection::enter();
     if flags == UMCG_CTL_UNREGISTER {
@@ -281,22 +306,53 @@ pub unsafe fn umcg_ctl(flags: u32, task: *mut UmcgTask) -> Result<Ctl, UmcgError
         preempt::install_handler();
     }
     let me = registry::register_current(KTask::new(sys::gettid(), task, worker, idle_fd))?;
-    if worker {
-        // §2.3 step 6: the wake hook, synchronously; return only once RUNNING (a signal
-        // does not end a registration: the issue asks for the stronger guarantee).
-        loop {
-            let interrupted = wake_hook(&me)?;
-            if me.task().load_state().state() == TaskState::Running {
-                break;
-            }
-            debug_assert!(interrupted);
-            idle_loop(&me, None).ok();
-            if me.task().load_state().state() == TaskState::Running {
-                break;
-            }
-        }
+    if worker && wake_hook(&me)? {
+        // §2.3 step 6: the wake hook, synchronously; return only once RUNNING. A signal
+        // ended the hook's wait (H5) but does not end a registration (the issue asks for
+        // the stronger guarantee): wait on, without running the hook again. A server may
+        // already have taken the worker off the list; a second hook would queue it twice.
+        sleep_until_running(me.task(), false);
     }
     Ok(Ctl::Done)
+}
+
+/// A registered thread is exiting without having unregistered (module doc, "Exit while
+/// registered"); called once, from its thread-local owner's destructor.
+pub(super) fn task_exited(k: &std::sync::Arc<KTask>) {
+    let _section = EmulatorSection::enter();
+    registry::remove(k);
+    if !k.worker {
+        return;
+    }
+    let t = k.task();
+    // Any state=>NONE, flags cleared, user bits kept. Racing writers (a server making it
+    // RUNNING, a kicker setting PREEMPTED) are seen by the retry.
+    let mut w = t.load_state();
+    loop {
+        let none = w
+            .with_state(TaskState::None)
+            .without_flags(UMCG_TF_LOCKED | UMCG_TF_PREEMPTED);
+        match t.cas_word(w, none) {
+            Ok(_) => break,
+            Err(seen) => w = seen,
+        }
+    }
+    let stid = t.server_tid.load(Ordering::Acquire);
+    let table = registry::read();
+    let Some(s) = table.by_tid.get(&stid).filter(|s| !s.worker) else {
+        return;
+    };
+    match w.state() {
+        TaskState::Running => {
+            // IDLE=>RUNNING (exactly); already RUNNING or anything else: leave it.
+            let _ = s
+                .task()
+                .cas_word(StateWord(UMCG_TASK_IDLE), StateWord(UMCG_TASK_RUNNING));
+            wake_task(s, false);
+        }
+        TaskState::Idle if w.is_locked() => wake_task(s, false),
+        _ => {}
+    }
 }
 
 // ------------------------------------------------------------------------------------------

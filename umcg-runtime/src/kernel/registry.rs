@@ -144,7 +144,8 @@ pub(crate) struct Table {
     pub(crate) by_tid: HashMap<u32, Arc<KTask>>,
     /// Idle-server node address (`&task.idle_servers_ptr`) → server.
     pub(crate) server_nodes: HashMap<u64, Arc<KTask>>,
-    /// Idle-worker node address (`&task.idle_workers_ptr`) → worker TID.
+    /// Idle-worker node address (`&task.idle_workers_ptr`) → worker TID (0: the tombstone
+    /// of a worker that left while queued, see [`remove`]).
     pub(crate) worker_nodes: HashMap<u64, u32>,
 }
 
@@ -194,7 +195,13 @@ extern "C" fn atfork_child() {
     // Async-signal-safe: atomic stores only. The parent's table (and whatever lock state it
     // was in) is abandoned; the child starts with no registered task.
     REGISTRY.store(core::ptr::null_mut(), Ordering::Release);
-    CURRENT.with(|c| c.set(core::ptr::null()));
+    if !CURRENT.with(|c| c.replace(core::ptr::null())).is_null() {
+        // The forking thread was registered: forget (leak) its owner's copy, so that the
+        // child's exit does not run the parent's exit cleanup (whose wakes could reach the
+        // parent through an inherited eventfd). OWNER was initialised by the registration,
+        // so this access allocates nothing.
+        let _ = OWNER.try_with(|o| core::mem::forget(o.0.take()));
+    }
 }
 
 fn install_atfork() {
@@ -228,9 +235,12 @@ struct Owner(Cell<Option<Arc<KTask>>>);
 impl Drop for Owner {
     fn drop(&mut self) {
         // Thread exit while registered: drop the registration so that no kernel path finds
-        // a dead thread's (soon freed) task. Like the kernel, the server is not woken here.
+        // a dead thread's (soon freed) task, and wake a server that waits for this worker
+        // (`super::task_exited`, module doc of `kernel`). CURRENT first: a signal handler
+        // or a later thread-local destructor must not find the registration any more.
         if let Some(k) = self.0.take() {
-            remove(&k);
+            CURRENT.with(|c| c.set(core::ptr::null()));
+            super::task_exited(&k);
         }
     }
 }
@@ -294,14 +304,30 @@ pub(crate) fn unregister_current() -> Option<Arc<KTask>> {
     Some(k)
 }
 
-fn remove(k: &Arc<KTask>) {
+/// Take `k` out of the table (write lock: waits for kernel paths that hold it).
+///
+/// A worker that leaves while it is still queued on an idle-worker list (its
+/// `idle_workers_ptr` holds a link, not the head it was pushed on: after H5, user space has
+/// not taken the list yet) keeps its node in `worker_nodes` as a tombstone (TID 0). A worker
+/// queued after it holds this node's address as its link, and the wake hook's
+/// double-enqueue guard must keep reading that value as a link: were it unknown, the guard
+/// would take it for a head and push onto the departed worker's memory. The kernel never
+/// dereferences worker nodes, so a tombstone is only an address; it is replaced when a new
+/// worker registers a task there. One entry per worker that leaves queued.
+pub(crate) fn remove(k: &Arc<KTask>) {
     let mut t = write();
     if t.by_tid.get(&k.tid).is_some_and(|e| Arc::ptr_eq(e, k)) {
         t.by_tid.remove(&k.tid);
     }
     let task = k.task();
     if k.worker {
-        t.worker_nodes.remove(&task.idle_workers_node());
+        let node = task.idle_workers_node();
+        let queued_on = k.queued_on.load(Ordering::Relaxed);
+        if queued_on != 0 && task.idle_workers_ptr.load(Ordering::Acquire) != queued_on {
+            t.worker_nodes.insert(node, 0);
+        } else if t.worker_nodes.get(&node) == Some(&k.tid) {
+            t.worker_nodes.remove(&node);
+        }
     } else {
         t.server_nodes.remove(&task.idle_servers_node());
     }

@@ -1,0 +1,1221 @@
+//! Faults (issue 6, reliability): signal storms during every kind of wait, threads that
+//! exit while registered, fork, fds closed under epoll, and thread creation that fails.
+//!
+//! Every test runs alone (`serial()`): the storms signal every thread of the process, the
+//! idle-wakeup mode is process-wide, and the fd and task counts are too. No timing asserts:
+//! every wait is bounded by a watchdog that prints diagnostics and aborts the binary (a lost
+//! wakeup leaves threads asleep in `umcg_wait` that no panic could unstick).
+#![cfg(not(umcg_loom))]
+
+mod common;
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Group, Server, Worker, announce, announced_server, tid_of};
+use umcg_abi::idle_servers::{Pop, Remove};
+use umcg_abi::*;
+use umcg_runtime::kernel::{self, IdleWakeup, UmcgError};
+use umcg_runtime::sys::signal::{self as sig, Signal};
+use umcg_runtime::sys::{self, Errno};
+
+// ------------------------------------------------------------------------------------------
+// Infrastructure
+
+/// One test at a time (see the module doc).
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    common::init();
+    g
+}
+
+/// Diagnostics a watchdog prints before it aborts.
+type Diag = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Aborts the process with diagnostics unless dropped within `limit`: "this phase ends".
+///
+/// The diagnostics go straight to fd 2 with `write(2)` (not `eprintln!`, whose capture lock a
+/// stuck thread may hold), and a second thread aborts without printing 15 s later in case
+/// building them blocks too (on a lock held by a stuck thread, e.g. malloc's).
+struct Watchdog {
+    tx: Vec<mpsc::Sender<()>>,
+    h: Vec<thread::JoinHandle<()>>,
+}
+
+fn watchdog(what: &'static str, limit: Duration, diag: Diag) -> Watchdog {
+    let (tx, rx) = mpsc::channel::<()>();
+    let (tx2, rx2) = mpsc::channel::<()>();
+    let h = thread::Builder::new()
+        .name("faults-watchdog".into())
+        .spawn(move || {
+            if let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                raw_eprint(&format!(
+                    "faults: {what} did not finish within {limit:?} (lost wakeup or hang)\n"
+                ));
+                raw_eprint(&format!("{}\n{}", diag(), dump_threads()));
+                std::process::abort();
+            }
+        })
+        .unwrap();
+    let h2 = thread::Builder::new()
+        .name("faults-watchdog".into())
+        .spawn(move || {
+            if let Err(RecvTimeoutError::Timeout) =
+                rx2.recv_timeout(limit + Duration::from_secs(15))
+            {
+                // SAFETY: abort takes no arguments and does not return.
+                unsafe { libc::abort() };
+            }
+        })
+        .unwrap();
+    Watchdog {
+        tx: vec![tx, tx2],
+        h: vec![h, h2],
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.tx.clear();
+        for h in self.h.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+/// `write(2)` to fd 2, bypassing the test harness's output capture and its lock.
+fn raw_eprint(s: &str) {
+    let mut b = s.as_bytes();
+    while !b.is_empty() {
+        // SAFETY: `b` is a valid buffer of `b.len()` bytes for the duration of the call.
+        let n = unsafe { libc::write(2, b.as_ptr().cast(), b.len()) };
+        if n <= 0 {
+            if n < 0 && Errno::last() == Errno::EINTR {
+                continue;
+            }
+            return;
+        }
+        b = &b[n as usize..];
+    }
+}
+
+/// Every thread of the process: name, scheduler state and kernel wait channel.
+fn dump_threads() -> String {
+    let mut out = String::from("threads (tid name state wchan):\n");
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let tid = e.file_name().to_string_lossy().into_owned();
+        let p = e.path();
+        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(p.join("stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next())
+            .unwrap_or("?")
+            .to_string();
+        let wchan = std::fs::read_to_string(p.join("wchan")).unwrap_or_default();
+        let _ = writeln!(out, "  {tid} {} {state} {wchan}", comm.trim());
+    }
+    out
+}
+
+/// Panics of the runtime's own threads (servers, and workers outside a job) and of the
+/// runtime's internal checks: a signal or an exit must never cause one.
+static RUNTIME_PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Record panics whose thread is a runtime server or whose message comes from the runtime
+/// (`umcg ...`), then run the default hook. Jobs' own panics (caught into their handles)
+/// are not recorded.
+fn watch_runtime_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            // Preemption deferred while this hook allocates and locks (see `Builder::build`).
+            kernel::no_preempt(|| record_runtime_panic(info));
+            default(info);
+        }));
+    });
+    RUNTIME_PANICS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+}
+
+fn record_runtime_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let msg = info
+        .payload()
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| info.payload().downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    let name = thread::current().name().unwrap_or("").to_string();
+    if name.starts_with("umcg-server") || msg.starts_with("umcg") {
+        RUNTIME_PANICS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!("{name}: {msg}"));
+    }
+}
+
+/// Fail if a runtime thread panicked since [`watch_runtime_panics`].
+fn assert_no_runtime_panics() {
+    let p = RUNTIME_PANICS.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(p.is_empty(), "runtime threads panicked: {p:#?}");
+}
+
+/// Poll `cond` until it holds; fail naming `what` after a generous bound.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "timed out waiting for: {what}"
+        );
+        thread::sleep(Duration::from_micros(100));
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Signal storms
+
+/// SIGALRM handler runs (all threads).
+static ALRM: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn on_alrm(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Atomics only: async-signal-safe.
+    ALRM.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A storm of SIGALRM, whose handler is installed **without `SA_RESTART`**: an interval
+/// timer every 100 µs (process-directed: the kernel picks a thread) plus a thread that sends
+/// the signal to every other thread of the process with `tgkill`, then sleeps 100 µs, until
+/// dropped. Every wait of every server, worker and helper thread is hit, over and over.
+struct Storm {
+    stop: Arc<AtomicBool>,
+    h: Option<thread::JoinHandle<u64>>,
+}
+
+impl Storm {
+    fn start() -> Storm {
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            // SAFETY: the handler only bumps an atomic; SIGALRM is used by nothing else in
+            // this binary. The handler stays installed (a late timer signal must not kill).
+            unsafe { sig::install_handler(Signal::SIGALRM, on_alrm) }.unwrap();
+        });
+        set_itimer(Duration::from_micros(100));
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let h = thread::Builder::new()
+            .name("faults-storm".into())
+            .spawn(move || {
+                let me = sys::gettid();
+                let mut sent = 0u64;
+                while !s.load(Ordering::Relaxed) {
+                    for tid in process_tids() {
+                        if tid != me && sys::tgkill(tid, Signal::SIGALRM).is_ok() {
+                            sent += 1;
+                        }
+                    }
+                    thread::sleep(Duration::from_micros(100));
+                }
+                sent
+            })
+            .unwrap();
+        Storm { stop, h: Some(h) }
+    }
+}
+
+impl Drop for Storm {
+    fn drop(&mut self) {
+        set_itimer(Duration::ZERO);
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.h.take() {
+            let sent = h.join().unwrap();
+            eprintln!(
+                "storm: {sent} directed signals sent, {} handled",
+                ALRM.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+/// `setitimer(ITIMER_REAL)` with `interval` as period and first expiry (zero: disarm).
+fn set_itimer(interval: Duration) {
+    let tv = libc::timeval {
+        tv_sec: interval.as_secs() as libc::time_t,
+        tv_usec: interval.subsec_micros() as libc::suseconds_t,
+    };
+    let it = libc::itimerval {
+        it_interval: tv,
+        it_value: tv,
+    };
+    // SAFETY: `it` is a valid itimerval; the old value is not asked for (null).
+    let r = unsafe { libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "setitimer");
+}
+
+/// The TIDs of every thread of this process (`/proc/self/task`).
+fn process_tids() -> Vec<u32> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Run `f` in each idle-wakeup mode (list, then eventfd), restoring the mode in force.
+fn in_both_modes(mut f: impl FnMut(IdleWakeup)) {
+    let was = kernel::idle_wakeup();
+    for mode in [IdleWakeup::List, IdleWakeup::EventFd] {
+        wait_for("every task of the previous run to unregister", || {
+            kernel::registered_tasks() == 0
+        });
+        kernel::set_idle_wakeup(mode).unwrap();
+        f(mode);
+    }
+    wait_for("every task to unregister", || {
+        kernel::registered_tasks() == 0
+    });
+    kernel::set_idle_wakeup(was).unwrap();
+}
+
+// ------------------------------------------------------------------------------------------
+// Kernel level: a v0.3 scheduler written against the emulated calls, retrying EINTR
+
+/// What the kernel-level storm saw. Every `eintr_*` counts `EINTR` returns of one kind of
+/// wait (each retried).
+#[derive(Default)]
+struct KStats {
+    rounds: AtomicU64,
+    blocks: AtomicU64,
+    raw_blocks: AtomicU64,
+    h5: AtomicU64,
+    yields: AtomicU64,
+    swaps: AtomicU64,
+    exits: AtomicU64,
+    runs: AtomicU64,
+    idle_timed: AtomicU64,
+    idle_untimed: AtomicU64,
+    timeouts: AtomicU64,
+    eintr_run: AtomicU64,
+    eintr_idle: AtomicU64,
+    eintr_worker: AtomicU64,
+    /// Switches whose worker had already run and exited (`ESRCH`).
+    gone: AtomicU64,
+    /// Workers in user code per server index: never more than one.
+    occupancy: Vec<AtomicU32>,
+    /// Server TIDs by index.
+    server_tids: Vec<AtomicU32>,
+}
+
+impl KStats {
+    fn new(servers: usize) -> Arc<KStats> {
+        Arc::new(KStats {
+            occupancy: (0..servers).map(|_| AtomicU32::new(0)).collect(),
+            server_tids: (0..servers).map(|_| AtomicU32::new(0)).collect(),
+            ..KStats::default()
+        })
+    }
+
+    fn report(&self) -> String {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        format!(
+            "rounds {} blocks {} raw_blocks {} h5 {} yields {} swaps {} exits {} runs {} \
+             idle timed/untimed {}/{} timeouts {} EINTR run/idle/worker {}/{}/{} gone {} \
+             occupancy {:?} registered {}",
+            l(&self.rounds),
+            l(&self.blocks),
+            l(&self.raw_blocks),
+            l(&self.h5),
+            l(&self.yields),
+            l(&self.swaps),
+            l(&self.exits),
+            l(&self.runs),
+            l(&self.idle_timed),
+            l(&self.idle_untimed),
+            l(&self.timeouts),
+            l(&self.eintr_run),
+            l(&self.eintr_idle),
+            l(&self.eintr_worker),
+            l(&self.gone),
+            self.occupancy
+                .iter()
+                .map(|o| o.load(Ordering::Relaxed))
+                .collect::<Vec<_>>(),
+            kernel::registered_tasks(),
+        )
+    }
+
+    fn server_index(&self, tid: u32) -> usize {
+        self.server_tids
+            .iter()
+            .position(|t| t.load(Ordering::Acquire) == tid)
+            .unwrap_or_else(|| panic!("server_tid {tid} is not one of the servers"))
+    }
+
+    /// The calling worker is back in user code on its server: it must be alone there.
+    fn on_cpu(&self, t: &UmcgTask) {
+        let w = t.load_state();
+        assert_eq!(w.state(), TaskState::Running, "resumed while {w:?}");
+        let s = self.server_index(t.server_tid.load(Ordering::Acquire));
+        let n = self.occupancy[s].fetch_add(1, Ordering::AcqRel);
+        assert_eq!(n, 0, "two workers in user code on server {s}");
+    }
+
+    /// The calling worker is about to leave its server.
+    fn off_cpu(&self, t: &UmcgTask) {
+        let s = self.server_index(t.server_tid.load(Ordering::Acquire));
+        self.occupancy[s].fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn addr(t: &UmcgTask) -> usize {
+    (t as *const UmcgTask).expose_provenance()
+}
+
+/// The worker side of `umcg_wait(0, 0)` after it left the CPU (yield, swap, or H5): retry
+/// `EINTR` until RUNNING. A retry has `next_tid == 0`: it must not switch again.
+fn worker_wait(t: &UmcgTask, st: &KStats) {
+    loop {
+        match kernel::umcg_wait(0, 0) {
+            Ok(()) => break,
+            Err(UmcgError::Errno(Errno::EINTR)) => {
+                st.eintr_worker.fetch_add(1, Ordering::Relaxed);
+                t.next_tid.store(0, Ordering::Release);
+            }
+            Err(e) => panic!("worker umcg_wait: {e}"),
+        }
+    }
+    t.next_tid.store(0, Ordering::Release);
+    assert_eq!(t.load_state().state(), TaskState::Running);
+}
+
+/// Yield (§2.6): IDLE|LOCKED, back on the run queue, the server RUNNING, wait.
+fn k_yield(w: &Worker, g: &Group, st: &KStats) {
+    let t = w.task();
+    let stid = t.server_tid.load(Ordering::Acquire);
+    st.off_cpu(t);
+    t.store_state(StateWord(UMCG_TASK_IDLE | UMCG_TF_LOCKED));
+    g.runq.lock().unwrap().insert(0, addr(t));
+    let s = announced_server(stid).expect("announced server");
+    let _ = s.cas_word(StateWord(UMCG_TASK_IDLE), StateWord(UMCG_TASK_RUNNING));
+    t.next_tid.store(0, Ordering::Release);
+    worker_wait(t, st);
+    st.yields.fetch_add(1, Ordering::Relaxed);
+    st.on_cpu(t);
+}
+
+/// Swap to another runnable worker (§2.6 "W1 swaps to W2"), or yield if there is none.
+fn k_swap(w: &Worker, g: &Group, st: &KStats) {
+    let Some(next) = g.pop_runnable() else {
+        return k_yield(w, g, st);
+    };
+    let t = w.task();
+    let stid = t.server_tid.load(Ordering::Acquire);
+    // Still on its way into umcg_wait (it yielded): wait until it has detached.
+    wait_for("the swap target to clear LOCKED", || {
+        !next.load_state().is_locked()
+    });
+    st.off_cpu(t);
+    t.store_state(StateWord(UMCG_TASK_IDLE | UMCG_TF_LOCKED));
+    g.runq.lock().unwrap().insert(0, addr(t));
+    next.server_tid.store(stid, Ordering::Release);
+    next.transition(TaskState::Idle, TaskState::Running)
+        .expect("swap target must be IDLE");
+    t.next_tid.store(tid_of(next), Ordering::Release);
+    worker_wait(t, st);
+    st.swaps.fetch_add(1, Ordering::Relaxed);
+    st.on_cpu(t);
+}
+
+/// Block inside `kernel::blocking`: it must come back RUNNING, however many signals hit
+/// the blocked call and the wake hook's wait.
+fn k_blocking(w: &Worker, st: &KStats) {
+    let t = w.task();
+    st.off_cpu(t);
+    kernel::blocking(|| thread::sleep(Duration::from_micros(30))).unwrap();
+    st.blocks.fetch_add(1, Ordering::Relaxed);
+    st.on_cpu(t);
+}
+
+/// Block through the raw hooks (v0.3 semantics): a signal in the wake hook's wait returns
+/// the worker to user space IDLE and queued (H5); it must then wait in `umcg_wait`.
+fn k_raw_block(w: &Worker, st: &KStats) {
+    let t = w.task();
+    st.off_cpu(t);
+    kernel::block_begin().unwrap();
+    thread::sleep(Duration::from_micros(30));
+    kernel::block_end().unwrap();
+    let s = t.load_state();
+    if s.state() != TaskState::Running {
+        // (A server may make it RUNNING from here on: one load.)
+        assert_eq!(
+            s.state(),
+            TaskState::Idle,
+            "after an interrupted wake hook: {s:?}"
+        );
+        st.h5.fetch_add(1, Ordering::Relaxed);
+        worker_wait(t, st);
+    }
+    st.raw_blocks.fetch_add(1, Ordering::Relaxed);
+    st.on_cpu(t);
+}
+
+/// Run `w` (T1 of §2.6) until its server is RUNNING again; `EINTR` retries without the
+/// switch.
+fn k_run(s: &Server, w: &UmcgTask, st: &KStats) {
+    wait_for("a worker to run to clear LOCKED", || {
+        !w.load_state().is_locked()
+    });
+    s.task.store_state(StateWord(UMCG_TASK_IDLE));
+    w.server_tid.store(s.tid, Ordering::Release);
+    w.transition(TaskState::Idle, TaskState::Running)
+        .expect("worker to run must be IDLE");
+    s.task.next_tid.store(tid_of(w), Ordering::Release);
+    loop {
+        match kernel::umcg_wait(0, 0) {
+            Ok(()) => break,
+            Err(UmcgError::Errno(Errno::EINTR)) => {
+                st.eintr_run.fetch_add(1, Ordering::Relaxed);
+                s.task.next_tid.store(0, Ordering::Release);
+            }
+            // The worker ran before the switch woke it (a signal ended its wait and it saw
+            // RUNNING) and exited; its exit made us RUNNING before it unregistered.
+            Err(UmcgError::Errno(Errno::ESRCH)) => {
+                st.gone.fetch_add(1, Ordering::Relaxed);
+                s.task.next_tid.store(0, Ordering::Release);
+            }
+            Err(e) => panic!("server umcg_wait: {e}"),
+        }
+    }
+    s.task.next_tid.store(0, Ordering::Release);
+    assert_eq!(s.task.load_state().state(), TaskState::Running);
+    st.runs.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Sleep until RUNNING: with a 2 ms timeout per call (`ETIMEDOUT` leaves the server IDLE
+/// and it waits again), or without.
+fn k_server_wait(s: &Server, timed: bool, st: &KStats) {
+    loop {
+        let abs = if timed {
+            sys::futex::realtime_now_ns() + 2_000_000
+        } else {
+            0
+        };
+        match kernel::umcg_wait(0, abs) {
+            Ok(()) => break,
+            Err(UmcgError::Errno(Errno::EINTR)) => {
+                st.eintr_idle.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(UmcgError::Errno(Errno::ETIMEDOUT)) if timed => {
+                st.timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => panic!("server idle umcg_wait: {e}"),
+        }
+    }
+    assert_eq!(s.task.load_state().state(), TaskState::Running);
+}
+
+/// The server-idles protocol of §2.6, once.
+fn k_idle(s: &Server, g: &Group, timed: bool, st: &KStats) {
+    if timed {
+        st.idle_timed.fetch_add(1, Ordering::Relaxed);
+    } else {
+        st.idle_untimed.fetch_add(1, Ordering::Relaxed);
+    }
+    s.task.store_state(StateWord(UMCG_TASK_IDLE));
+    // SAFETY: the server's task outlives the list's use (the test keeps it).
+    unsafe { g.idle_servers.push(&s.task) }.expect("push self");
+    fence(Ordering::SeqCst);
+    let work = !g.idle_workers.is_empty()
+        || !g.runq.lock().unwrap().is_empty()
+        || g.stop.load(Ordering::Acquire);
+    if !work || g.idle_servers.remove(&s.task) == Remove::AlreadyDeleted {
+        k_server_wait(s, timed, st);
+    } else {
+        s.task.store_state(StateWord(UMCG_TASK_RUNNING));
+    }
+    g.idle_servers.reclaim(&s.task).expect("reclaim");
+}
+
+fn k_server_loop(s: &Server, g: &Group, st: &KStats) {
+    let mut round = 0u64;
+    loop {
+        g.drain_idle_workers();
+        if let Some(w) = g.pop_runnable() {
+            k_run(s, w, st);
+            continue;
+        }
+        if g.stop.load(Ordering::Acquire) {
+            return;
+        }
+        round += 1;
+        k_idle(s, g, round.is_multiple_of(2), st);
+    }
+}
+
+/// Pop every idle server from the group's list, make it RUNNING and wake it.
+fn release_idle_servers(g: &Group) {
+    while let Pop::Got(node) = g.idle_servers.pop(kernel::list_bound()) {
+        // SAFETY: nodes on the list are registered servers' boxed tasks, alive until their
+        // thread is joined (after this loop).
+        let s = unsafe { &*node.task() };
+        if s.cas_word(StateWord(UMCG_TASK_IDLE), StateWord(UMCG_TASK_RUNNING))
+            .is_ok()
+        {
+            let _ = kernel::wake(s.server_tid.load(Ordering::Acquire));
+        }
+    }
+}
+
+/// Kernel level, both idle-wakeup modes: 2 servers and 6 workers under a SIGALRM storm.
+/// Workers block in `kernel::blocking` and through the raw hooks, yield and swap; servers
+/// run them and go idle with and without a timeout. Every round of every worker completes
+/// once, no server ever has two workers in user code, registration and `kernel::blocking`
+/// never surface `EINTR`, and every `EINTR` from `umcg_wait` is retried to the same result.
+#[test]
+fn signal_storm_kernel_waits() {
+    let _s = serial();
+    in_both_modes(|mode| {
+        const SERVERS: usize = 2;
+        const WORKERS: usize = 6;
+        const ROUNDS: u64 = 150;
+        let g = Group::new();
+        let st = KStats::new(SERVERS);
+        let st2 = st.clone();
+        let _wd = watchdog(
+            "the kernel-level storm",
+            Duration::from_secs(40),
+            Arc::new(move || format!("mode {mode:?}: {}", st2.report())),
+        );
+        let storm = Storm::start();
+        let servers: Vec<_> = (0..SERVERS)
+            .map(|i| {
+                let (g, st) = (g.clone(), st.clone());
+                thread::spawn(move || {
+                    let s = Server::register(&g);
+                    announce(&s);
+                    st.server_tids[i].store(s.tid, Ordering::Release);
+                    k_server_loop(&s, &g, &st);
+                })
+            })
+            .collect();
+        wait_for("servers to register", || {
+            st.server_tids
+                .iter()
+                .all(|t| t.load(Ordering::Acquire) != 0)
+        });
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|i| {
+                let (g, st) = (g.clone(), st.clone());
+                thread::spawn(move || {
+                    // Registration waits for a server; a signal must not end it early.
+                    let w = Worker::register(&g);
+                    st.on_cpu(w.task());
+                    for r in 0..ROUNDS {
+                        match (r + i as u64) % 4 {
+                            0 => k_blocking(&w, &st),
+                            1 => k_yield(&w, &g, &st),
+                            2 => k_swap(&w, &g, &st),
+                            _ => k_raw_block(&w, &st),
+                        }
+                        st.rounds.fetch_add(1, Ordering::Relaxed);
+                    }
+                    st.off_cpu(w.task());
+                    w.exit();
+                    st.exits.fetch_add(1, Ordering::Relaxed);
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        g.stop.store(true, Ordering::Release);
+        fence(Ordering::SeqCst);
+        while servers.iter().any(|s| !s.is_finished()) {
+            release_idle_servers(&g);
+            thread::sleep(Duration::from_micros(200));
+        }
+        for s in servers {
+            s.join().unwrap();
+        }
+        drop(storm);
+        eprintln!("kernel storm, {mode:?}: {}", st.report());
+        assert_eq!(st.rounds.load(Ordering::Relaxed), WORKERS as u64 * ROUNDS);
+        assert_eq!(st.exits.load(Ordering::Relaxed), WORKERS as u64);
+        assert!(g.runq.lock().unwrap().is_empty());
+        assert!(g.idle_workers.is_empty());
+    });
+}
+
+// ------------------------------------------------------------------------------------------
+// M:N level
+
+use umcg_runtime::cancel::{CancelToken, Cancelled};
+use umcg_runtime::sync::{Condvar, Mutex as UMutex, channel};
+use umcg_runtime::{Runtime, Unparker, io as uio};
+
+/// Progress of the M:N storm, per kind of wait.
+#[derive(Default, Debug)]
+struct MStats {
+    mutex: AtomicU64,
+    produced: AtomicU64,
+    consumed: AtomicU64,
+    pings: AtomicU64,
+    parks: AtomicU64,
+    sleeps: AtomicU64,
+    pipe_bytes: AtomicU64,
+    cancelled: AtomicU64,
+    joined: AtomicU64,
+    panics: AtomicU64,
+}
+
+fn l(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+/// M:N level, both idle-wakeup modes, 2 servers with a 1 ms time slice (so preemption kicks
+/// mix with the storm): contended `Mutex` (workers and a plain thread), `Condvar` with timed
+/// and untimed waits, channel ping-pong, `park`/`Unparker` against a plain thread, `sleep`,
+/// pipe reads through `io`, a `CancelToken` ending blocked reads, nested spawn/join and
+/// panicking jobs. Every operation completes exactly once and `shutdown` returns.
+#[test]
+fn signal_storm_mn_runtime() {
+    let _s = serial();
+    watch_runtime_panics();
+    in_both_modes(|mode| {
+        let st = Arc::new(MStats::default());
+        let st2 = st.clone();
+        let _wd = watchdog(
+            "the M:N storm",
+            Duration::from_secs(40),
+            Arc::new(move || {
+                format!(
+                    "mode {mode:?}: {st2:?}, registered {}",
+                    kernel::registered_tasks()
+                )
+            }),
+        );
+        let storm = Storm::start();
+        let rt = Runtime::builder()
+            .servers(2)
+            .idle_wakeup(mode)
+            .time_slice(Some(Duration::from_millis(1)))
+            .build()
+            .unwrap();
+        let mut hs: Vec<umcg_runtime::JoinHandle<()>> = Vec::new();
+
+        // 1. A contended mutex: 6 workers and a plain thread.
+        const INCS: u64 = 300;
+        let m = Arc::new(UMutex::new(0u64));
+        for _ in 0..6 {
+            let (m, st) = (m.clone(), st.clone());
+            hs.push(rt.spawn(move || {
+                for i in 0..INCS {
+                    *m.lock() += 1;
+                    st.mutex.fetch_add(1, Ordering::Relaxed);
+                    if i % 25 == 0 {
+                        umcg_runtime::yield_now();
+                    }
+                }
+            }));
+        }
+        let plain = {
+            let m = m.clone();
+            thread::spawn(move || {
+                for _ in 0..INCS {
+                    *m.lock() += 1;
+                }
+            })
+        };
+
+        // 2. Condvar producer/consumer, one consumer with timed waits.
+        const ITEMS: u64 = 150;
+        let q = Arc::new((UMutex::new(VecDeque::<u64>::new()), Condvar::new()));
+        let sum = Arc::new(AtomicU64::new(0));
+        for p in 0..2u64 {
+            let (q, st) = (q.clone(), st.clone());
+            hs.push(rt.spawn(move || {
+                for i in 0..ITEMS {
+                    q.0.lock().push_back(p * ITEMS + i);
+                    q.1.notify_one();
+                    st.produced.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        let taken = Arc::new(AtomicU64::new(0));
+        for c in 0..2 {
+            let (q, st, sum, taken) = (q.clone(), st.clone(), sum.clone(), taken.clone());
+            hs.push(rt.spawn(move || {
+                loop {
+                    let mut g = q.0.lock();
+                    loop {
+                        if let Some(v) = g.pop_front() {
+                            sum.fetch_add(v, Ordering::Relaxed);
+                            taken.fetch_add(1, Ordering::AcqRel);
+                            st.consumed.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        if taken.load(Ordering::Acquire) == 2 * ITEMS {
+                            q.1.notify_all();
+                            return;
+                        }
+                        g = if c == 0 {
+                            q.1.wait(g)
+                        } else {
+                            q.1.wait_timeout(g, Duration::from_micros(300)).0
+                        };
+                    }
+                    drop(g);
+                    if taken.load(Ordering::Acquire) == 2 * ITEMS {
+                        q.1.notify_all();
+                        return;
+                    }
+                }
+            }));
+        }
+
+        // 3. Channel ping-pong, 3 pairs.
+        const PINGS: u64 = 200;
+        for _ in 0..3 {
+            let (to_b, b_rx) = channel::<u64>();
+            let (to_a, a_rx) = channel::<u64>();
+            let st1 = st.clone();
+            hs.push(rt.spawn(move || {
+                for i in 0..PINGS {
+                    to_b.send(i).unwrap();
+                    assert_eq!(a_rx.recv().unwrap(), i + 1);
+                    st1.pings.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+            hs.push(rt.spawn(move || {
+                for i in 0..PINGS {
+                    assert_eq!(b_rx.recv().unwrap(), i);
+                    to_a.send(i + 1).unwrap();
+                }
+            }));
+        }
+
+        // 4. park/Unparker against a plain thread: strict turns.
+        const TURNS: u32 = 100;
+        let turn = Arc::new(AtomicU32::new(0));
+        let (utx, urx) = mpsc::channel::<Unparker>();
+        let main_thread = thread::current();
+        {
+            let (turn, st, main_thread) = (turn.clone(), st.clone(), main_thread.clone());
+            hs.push(rt.spawn(move || {
+                utx.send(Unparker::current()).unwrap();
+                for r in 0..TURNS {
+                    while turn.load(Ordering::Acquire) != 2 * r + 1 {
+                        umcg_runtime::park();
+                    }
+                    turn.store(2 * r + 2, Ordering::Release);
+                    main_thread.unpark();
+                    st.parks.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        let u = urx.recv().unwrap();
+        let parker = {
+            let turn = turn.clone();
+            thread::spawn(move || {
+                for r in 0..TURNS {
+                    turn.store(2 * r + 1, Ordering::Release);
+                    u.unpark();
+                    let t0 = Instant::now();
+                    while turn.load(Ordering::Acquire) != 2 * r + 2 {
+                        // The worker unparks the test's main thread, not this one: poll.
+                        thread::sleep(Duration::from_micros(50));
+                        assert!(t0.elapsed() < Duration::from_secs(20), "turn {r} lost");
+                    }
+                }
+            })
+        };
+
+        // 5. sleep.
+        for _ in 0..4 {
+            let st = st.clone();
+            hs.push(rt.spawn(move || {
+                for _ in 0..30 {
+                    umcg_runtime::sleep(Duration::from_micros(100));
+                    st.sleeps.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+
+        // 6. Pipe reads and writes through `io`.
+        const MSGS: u64 = 200;
+        for _ in 0..2 {
+            let (r, w) = std::io::pipe().unwrap();
+            hs.push(rt.spawn(move || {
+                for i in 0..MSGS {
+                    let mut b = &i.to_le_bytes()[..];
+                    while !b.is_empty() {
+                        let n = uio::write(&w, b).unwrap();
+                        b = &b[n..];
+                    }
+                    if i % 20 == 0 {
+                        umcg_runtime::sleep(Duration::from_micros(50));
+                    }
+                }
+            }));
+            let st = st.clone();
+            hs.push(rt.spawn(move || {
+                let mut got = Vec::with_capacity(8 * MSGS as usize);
+                let mut buf = [0u8; 64];
+                while got.len() < 8 * MSGS as usize {
+                    let n = uio::read(&r, &mut buf).unwrap();
+                    assert_ne!(n, 0, "EOF before every message");
+                    got.extend_from_slice(&buf[..n]);
+                    st.pipe_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                for (i, c) in got.chunks(8).enumerate() {
+                    assert_eq!(u64::from_le_bytes(c.try_into().unwrap()), i as u64);
+                }
+            }));
+        }
+
+        // 7. A CancelToken ends 4 blocked reads.
+        let token = CancelToken::new();
+        let mut keep = Vec::new();
+        for _ in 0..4 {
+            let (r, w) = std::io::pipe().unwrap();
+            keep.push(w);
+            let (t, st) = (token.clone(), st.clone());
+            hs.push(rt.spawn(move || {
+                let e = t.run(|| uio::read(&r, &mut [0u8; 8])).unwrap_err();
+                assert!(Cancelled::is(&e), "{e}");
+                st.cancelled.fetch_add(1, Ordering::Relaxed);
+            }));
+        }
+
+        // 8. Nested spawn/join and panicking jobs.
+        for _ in 0..2 {
+            let st = st.clone();
+            hs.push(rt.spawn(move || {
+                let inner: Vec<_> = (0..10u64)
+                    .map(|i| umcg_runtime::spawn(move || i * 2))
+                    .collect();
+                let s: u64 = inner.into_iter().map(|h| h.join().unwrap()).sum();
+                assert_eq!(s, 90);
+                st.joined.fetch_add(10, Ordering::Relaxed);
+                let e = umcg_runtime::spawn(|| -> u32 { panic!("storm panic") })
+                    .join()
+                    .unwrap_err();
+                assert!(e.is_panic());
+                st.panics.fetch_add(1, Ordering::Relaxed);
+            }));
+        }
+
+        wait_for("the 4 readers to wait", || token.waiters() == 4);
+        token.cancel();
+        for h in hs {
+            h.join().unwrap();
+        }
+        plain.join().unwrap();
+        parker.join().unwrap();
+        rt.shutdown().unwrap();
+        drop(keep);
+        drop(storm);
+        eprintln!("M:N storm, {mode:?}: {st:?}");
+        assert_eq!(*m.lock(), 7 * INCS);
+        assert_eq!(l(&st.mutex), 6 * INCS);
+        assert_eq!(l(&st.produced), 2 * ITEMS);
+        assert_eq!(l(&st.consumed), 2 * ITEMS);
+        assert_eq!(sum.load(Ordering::Relaxed), (0..2 * ITEMS).sum::<u64>());
+        assert_eq!(l(&st.pings), 3 * PINGS);
+        assert_eq!(l(&st.parks), u64::from(TURNS));
+        assert_eq!(l(&st.sleeps), 4 * 30);
+        assert_eq!(l(&st.pipe_bytes), 2 * 8 * MSGS);
+        assert_eq!(l(&st.cancelled), 4);
+        assert_eq!(l(&st.joined), 20);
+        assert_eq!(l(&st.panics), 2);
+        assert_no_runtime_panics();
+    });
+}
+
+// ------------------------------------------------------------------------------------------
+// Threads that exit while registered
+
+/// `umcg_wait(0, 0)` for a server whose `next_tid` is set (or 0), retrying `EINTR` without
+/// the switch; fails (instead of hanging) if nobody makes the server RUNNING within `limit`.
+fn server_wait_bounded(s: &Server, limit: Duration) -> Result<(), UmcgError> {
+    let abs = sys::futex::realtime_now_ns() + limit.as_nanos() as u64;
+    let r = loop {
+        match kernel::umcg_wait(0, abs) {
+            Err(UmcgError::Errno(Errno::EINTR)) => s.task.next_tid.store(0, Ordering::Release),
+            Err(UmcgError::Errno(Errno::ETIMEDOUT))
+                if s.task.load_state().state() == TaskState::Running =>
+            {
+                break Ok(());
+            }
+            r => break r,
+        }
+    };
+    s.task.next_tid.store(0, Ordering::Release);
+    r
+}
+
+/// Run `w` (T1): S:IDLE, W's server and W:RUNNING, then the bounded wait.
+fn run_bounded(s: &Server, w: &UmcgTask, limit: Duration) -> Result<StateWord, UmcgError> {
+    s.task.store_state(StateWord(UMCG_TASK_IDLE));
+    w.server_tid.store(s.tid, Ordering::Release);
+    w.transition(TaskState::Idle, TaskState::Running)
+        .expect("worker to run must be IDLE");
+    s.task.next_tid.store(tid_of(w), Ordering::Release);
+    server_wait_bounded(s, limit)?;
+    Ok(w.load_state())
+}
+
+/// A worker thread that ends while RUNNING on its server, without unregistering: its
+/// thread-local destructor unregisters it, marks it NONE (the state v0.9.1's successors give
+/// an unregistered task) and wakes the server that was waiting for it (what
+/// `UNREGISTER|WORKER` does in the later ABIs; v0.3's kernel woke nobody and the server
+/// slept for ever).
+#[test]
+fn worker_exits_running_without_unregistering() {
+    let _s = serial();
+    let g = Group::new();
+    let gw = g.clone();
+    let exited = Arc::new(AtomicBool::new(false));
+    let ex = exited.clone();
+    let worker = thread::spawn(move || {
+        let w = Worker::register(&gw);
+        assert_eq!(w.task().load_state().state(), TaskState::Running);
+        ex.store(true, Ordering::Release);
+        // Returns while registered and RUNNING.
+    });
+    let s = Server::register(&g);
+    announce(&s);
+    s.wait_for_workers(Instant::now() + Duration::from_secs(20));
+    let w = g.pop_runnable().unwrap();
+    let st = run_bounded(&s, w, Duration::from_secs(10))
+        .expect("the server must be woken when its running worker's thread exits");
+    worker.join().unwrap();
+    assert!(exited.load(Ordering::Acquire));
+    assert_eq!(
+        st.state(),
+        TaskState::None,
+        "the exited worker reads {st:?}"
+    );
+    assert_eq!(s.task.load_state().state(), TaskState::Running);
+    assert_eq!(kernel::registered_tasks(), 1, "only the server is left");
+}
+
+static USR2: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn on_usr2(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    USR2.fetch_add(1, Ordering::Relaxed);
+}
+
+fn install_usr2() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: the handler only bumps an atomic; SIGUSR2 is used by nothing else in this
+        // binary (no SA_RESTART: it ends the wake hook's wait, H5).
+        unsafe { sig::install_handler(Signal::SIGUSR2, on_usr2) }.unwrap();
+    });
+}
+
+/// Block and unblock through the raw hooks while the server is busy, and return once a
+/// SIGUSR2 ended the wake hook's wait (H5, sent by [`interrupt_until`]): the worker is back
+/// in user space IDLE and queued on the idle-worker list; `h5` tells the test.
+fn block_until_h5(w: &Worker, h5: &AtomicBool) {
+    kernel::block_begin().unwrap();
+    thread::sleep(Duration::from_millis(1));
+    kernel::block_end().unwrap();
+    assert_eq!(w.task().load_state().state(), TaskState::Idle, "H5: IDLE");
+    h5.store(true, Ordering::Release);
+}
+
+/// Signal `tid` (asleep in the wake hook) until it reports H5.
+fn interrupt_until(tid: u32, h5: &AtomicBool) {
+    let t0 = Instant::now();
+    while !h5.load(Ordering::Acquire) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "H5 never happened");
+        if common::is_sleeping(tid) {
+            let _ = sys::tgkill(tid, Signal::SIGUSR2);
+        }
+        thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// A worker that exits while queued on the idle-worker list (after H5, not yet taken by a
+/// server) must not leave a node that the emulated kernel later dereferences or writes.
+///
+/// W1 exits queued; W2 is queued above it (W2's link is W1's node). A `WAKE_ONLY` aimed at
+/// W2 runs its wake hook while it is queued: the double-enqueue guard must still read W2's
+/// link as a link (W1's node is a tombstone in the registry), not as a list head to push
+/// onto, which would write W2's node into the exited W1's task. Then the server takes the
+/// list: W2 once, and W1 marked NONE (gone; user space drops it).
+#[test]
+fn worker_exits_while_queued() {
+    let _s = serial();
+    install_usr2();
+    let g = Group::new();
+    let (h5_1, h5_2) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let go2 = Arc::new(AtomicBool::new(false));
+    let (tid1, tid2) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let w1 = {
+        let (g, h5, tid) = (g.clone(), h5_1.clone(), tid1.clone());
+        thread::spawn(move || {
+            let w = Worker::register(&g);
+            tid.store(sys::gettid(), Ordering::Release);
+            block_until_h5(&w, &h5);
+            // Returns while registered, IDLE and queued.
+        })
+    };
+    let s = Server::register(&g);
+    announce(&s);
+    let limit = Duration::from_secs(10);
+    s.wait_for_workers(Instant::now() + limit);
+    let t1 = g.pop_runnable().unwrap();
+    let w1_task = addr(t1);
+    // W1 runs, blocks: BLOCKED (or already unblocked and queued), the server is woken.
+    run_bounded(&s, t1, limit).unwrap();
+    let w2 = {
+        let (g, h5, tid, go) = (g.clone(), h5_2.clone(), tid2.clone(), go2.clone());
+        thread::spawn(move || {
+            let w = Worker::register(&g);
+            tid.store(sys::gettid(), Ordering::Release);
+            while !go.load(Ordering::Acquire) {
+                thread::yield_now();
+            }
+            block_until_h5(&w, &h5);
+            // Queued: wait until a server runs it (WAKE_ONLYs re-run the wake hook).
+            loop {
+                match kernel::umcg_wait(0, 0) {
+                    Ok(()) => break,
+                    Err(UmcgError::Errno(Errno::EINTR)) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            w.exit();
+        })
+    };
+    // W2 registers (queued), the server takes it off the list (W1 may be on it too).
+    wait_for("W2 on the idle-worker list", || {
+        g.drain_idle_workers();
+        let q = g.runq.lock().unwrap();
+        q.len() == 1 + usize::from(q.contains(&w1_task))
+    });
+    let t2 = {
+        let mut q = g.runq.lock().unwrap();
+        let i = q.iter().position(|&a| a != w1_task).unwrap();
+        q.remove(i)
+    };
+    // SAFETY: worker tasks are leaked by the harness.
+    let t2: &UmcgTask = unsafe { &*std::ptr::with_exposed_provenance(t2) };
+    // W1 unblocked meanwhile and was queued: if that drain took it, put it back on the list
+    // (the test needs it queued below W2). It sleeps IDLE in the wake hook; re-pushing it is
+    // what the kernel's next wake hook would do.
+    if g.runq.lock().unwrap().contains(&w1_task) {
+        g.runq.lock().unwrap().retain(|&a| a != w1_task);
+        // SAFETY: as above.
+        let t1: &UmcgTask = unsafe { &*std::ptr::with_exposed_provenance(w1_task) };
+        g.idle_workers.push(t1, 64).unwrap();
+    }
+    // W1 ends its wake-hook wait by H5 and exits while queued.
+    interrupt_until(tid1.load(Ordering::Acquire), &h5_1);
+    w1.join().unwrap();
+    // SAFETY: as above.
+    let t1: &UmcgTask = unsafe { &*std::ptr::with_exposed_provenance(w1_task) };
+    assert_eq!(t1.load_state().state(), TaskState::None, "exited W1");
+    let w1_link = t1.idle_workers_ptr.load(Ordering::Acquire);
+    assert_ne!(w1_link, g.idle_workers.addr(), "W1 is still queued");
+    // W2 runs on the server, blocks and unblocks while the server is busy (here), is queued
+    // above W1, and H5 returns it to user space, where it waits in umcg_wait.
+    go2.store(true, Ordering::Release);
+    run_bounded(&s, t2, limit).unwrap();
+    interrupt_until(tid2.load(Ordering::Acquire), &h5_2);
+    assert_eq!(
+        t2.idle_workers_ptr.load(Ordering::Acquire),
+        t1.idle_workers_node(),
+        "W2 is queued right above W1"
+    );
+    // Re-run W2's wake hook while it is queued.
+    let wtid = tid2.load(Ordering::Acquire);
+    s.task.next_tid.store(wtid, Ordering::Release);
+    for _ in 0..3 {
+        common::wait_until_sleeping(wtid);
+        kernel::umcg_wait(UMCG_WAIT_WAKE_ONLY, 0).unwrap();
+    }
+    common::wait_until_sleeping(wtid);
+    s.task.next_tid.store(0, Ordering::Release);
+    assert_eq!(
+        t1.idle_workers_ptr.load(Ordering::Acquire),
+        w1_link,
+        "the kernel wrote through the exited worker's node"
+    );
+    // The list holds W2 once and the exited W1, which user space drops (state NONE).
+    assert_eq!(g.drain_idle_workers(), 2);
+    let taken: Vec<usize> = std::mem::take(&mut *g.runq.lock().unwrap());
+    assert_eq!(taken.iter().filter(|&&a| a == addr(t2)).count(), 1);
+    assert!(taken.contains(&w1_task));
+    assert_eq!(kernel::registered_tasks(), 2, "the server and W2");
+    run_bounded(&s, t2, limit).unwrap();
+    w2.join().unwrap();
+}
+
+/// A registering worker waits in the wake hook until a server runs it; a signal ends that
+/// wait (H5), but not the registration, which waits on. It must not run the wake hook again:
+/// a server may already have taken the worker off the idle-worker list (resetting its
+/// field), and a second hook would queue it again, so that user space would later run a
+/// worker that is already running (found by `signal_storm_mn_runtime`: "worker 18 is
+/// runnable but Blocked").
+#[test]
+fn registration_interrupted_by_signals_queues_once() {
+    let _s = serial();
+    install_usr2();
+    let g = Group::new();
+    let s = Server::register(&g);
+    announce(&s);
+    let tid = Arc::new(AtomicU32::new(0));
+    let (gw, t2) = (g.clone(), tid.clone());
+    let worker = thread::spawn(move || {
+        let w = Worker::register_with(&gw, |_, tid| t2.store(tid, Ordering::Release));
+        w.exit();
+    });
+    // Queued by the registration's wake hook; take it off the list (user space now holds
+    // it), then interrupt the registration's wait a few times.
+    wait_for("the registering worker on the idle-worker list", || {
+        !g.idle_workers.is_empty()
+    });
+    assert_eq!(g.drain_idle_workers(), 1);
+    let wtid = tid.load(Ordering::Acquire);
+    for _ in 0..5 {
+        common::wait_until_sleeping(wtid);
+        let n = USR2.load(Ordering::Relaxed);
+        sys::tgkill(wtid, Signal::SIGUSR2).unwrap();
+        wait_for("the signal to be handled", || {
+            USR2.load(Ordering::Relaxed) > n
+        });
+    }
+    common::wait_until_sleeping(wtid);
+    assert!(
+        g.idle_workers.is_empty(),
+        "an interrupted registration queued the worker again"
+    );
+    let w = g.pop_runnable().unwrap();
+    assert!(
+        run_bounded(&s, w, Duration::from_secs(10))
+            .unwrap()
+            .is_locked()
+    );
+    worker.join().unwrap();
+}
