@@ -4,7 +4,9 @@
 //!   503 handoffs): umcg workers with park/unpark vs `std::thread` + `std::sync::mpsc` vs
 //!   Tokio tasks + `tokio::sync::mpsc` (multi-thread runtime, 2 worker threads). Setup and
 //!   teardown are outside the timed region.
-//! - `spawn_join/*`: spawn a job and join it: umcg (pooled worker threads) vs `std::thread`.
+//! - `spawn_join/*`: spawn a job and join it: umcg (pooled worker threads) from the main
+//!   thread (outside the runtime: two cross-thread wakes per job) and from inside a worker
+//!   (the job runs on the spawner's server; join parks the spawner), vs `std::thread`.
 //! - `wakeup_vs_population/*`: a park/unpark ping-pong between two workers while N other
 //!   workers are alive and parked, N = 10 and 10,000 (the per-wakeup cost must not grow with
 //!   the number of workers).
@@ -172,6 +174,19 @@ fn bench_spawn_join(c: &mut Criterion) {
     rt.spawn(|| ()).join().unwrap(); // warm the pool
     g.bench_function(BenchmarkId::new("umcg_pooled", 1), |b| {
         b.iter(|| rt.spawn(|| black_box(1)).join().unwrap())
+    });
+    g.bench_function(BenchmarkId::new("umcg_pooled_from_worker", 1), |b| {
+        b.iter_custom(|iters| {
+            rt.spawn(move || {
+                let t0 = Instant::now();
+                for _ in 0..iters {
+                    umcg::runtime::spawn(|| black_box(1)).join().unwrap();
+                }
+                t0.elapsed()
+            })
+            .join()
+            .unwrap()
+        })
     });
     g.bench_function(BenchmarkId::new("std_thread", 1), |b| {
         b.iter(|| {
