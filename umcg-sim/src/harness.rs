@@ -401,9 +401,16 @@ impl Shared<'_> {
     }
 
     fn worker(&self, k: usize, times: &[u64], go: &AtomicU64, pin: Option<usize>) -> Lat {
-        if let Some(cpu) = pin {
-            let _ = sys::pin_to_cpu(cpu);
-            PINNED.set(Some(cpu));
+        match pin {
+            Some(cpu) => {
+                let _ = sys::pin_to_cpu(cpu);
+                PINNED.set(Some(cpu));
+            }
+            // Unpinned means free on the run's CPUs: a new thread inherits its creator's
+            // affinity, which may be a single CPU (the baselines pin the thread running them).
+            None => {
+                crate::os::set_affinity(&self.home);
+            }
         }
         tight_timer_slack();
         let mut h = Lat::new();
