@@ -712,6 +712,15 @@ fn run_model(a: &ModelArgs) -> Result<(), Failure> {
     println!("winner by CPU per event beyond the compute; xN as above:");
     print!("{cpu_map}");
     println!();
+    let summary = format!(
+        "the sweep's answer (clear win = x{:.2} or more over the best other wakeup mechanism):\n\
+         by p50 latency:\n{}by CPU per event:\n{}",
+        report::CLEAR_WIN,
+        report::sweep_summary(&preds, &cpus, &loads, report::Metric::P50),
+        report::sweep_summary(&preds, &cpus, &loads, report::Metric::Cpu),
+    );
+    print!("{summary}");
+    println!();
     println!(
         "adopt (no wakeup: the synchronous same-CPU switch's bound) vs list: p50 ratio list / \
          adopt | CPU ratio list / adopt:"

@@ -491,6 +491,105 @@ pub fn winner_map(
     (s, cells)
 }
 
+/// A win by less than this factor over the runner-up is a tie: the model's own sampling
+/// noise at 20 000 arrivals per point is a few percent, and the calibration's more.
+pub const CLEAR_WIN: f64 = 1.10;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// The sweep's answer in a few lines: per wakeup mechanism (not `adopt`), the grid points it
+/// wins clearly by `metric` (by [`CLEAR_WIN`] or more over the best other unsaturated
+/// mechanism), where (CPU and load ranges), by how much (median margin), and at what price
+/// in the other metric (median of its value / the list's there); then how many points are
+/// ties and how many saturate.
+pub fn sweep_summary(
+    preds: &[Prediction],
+    cpus: &[usize],
+    loads: &[f64],
+    metric: Metric,
+) -> String {
+    let other = match metric {
+        Metric::P50 => Metric::Cpu,
+        Metric::Cpu => Metric::P50,
+    };
+    let mechs: Vec<Mechanism> = Mechanism::ALL
+        .into_iter()
+        .filter(|&m| m != Mechanism::Adopt)
+        .collect();
+    // (winner, cpus, load, margin, other metric vs list)
+    let mut wins: Vec<(Mechanism, usize, f64, f64, f64)> = Vec::new();
+    let (mut ties, mut saturated, mut total) = (0, 0, 0);
+    for &c in cpus {
+        for &l in loads {
+            let mut cell: Vec<&Prediction> = mechs
+                .iter()
+                .filter_map(|&m| point(preds, m, c, l))
+                .filter(|p| !p.saturated())
+                .collect();
+            total += 1;
+            cell.sort_by(|a, b| metric.of(a).total_cmp(&metric.of(b)));
+            match cell.as_slice() {
+                [] => saturated += 1,
+                [w] => wins.push((w.mechanism, c, l, f64::INFINITY, 1.0)),
+                [w, r, ..] => {
+                    let margin = metric.of(r) / metric.of(w).max(1e-6);
+                    if margin < CLEAR_WIN {
+                        ties += 1;
+                        continue;
+                    }
+                    let vs_list = point(preds, Mechanism::List, c, l)
+                        .map_or(f64::NAN, |li| other.of(w) / other.of(li).max(1e-6));
+                    wins.push((w.mechanism, c, l, margin, vs_list));
+                }
+            }
+        }
+    }
+    let mut s = String::new();
+    let (what, price) = match metric {
+        Metric::P50 => ("p50", "CPU/event"),
+        Metric::Cpu => ("CPU/event", "p50"),
+    };
+    for m in mechs {
+        let w: Vec<_> = wins.iter().filter(|x| x.0 == m).collect();
+        if w.is_empty() {
+            let _ = writeln!(s, "  {:<19} no clear win", m.name());
+            continue;
+        }
+        let cmin = w.iter().map(|x| x.1).min().unwrap_or(0);
+        let cmax = w.iter().map(|x| x.1).max().unwrap_or(0);
+        let lmin = w.iter().map(|x| x.2).fold(f64::INFINITY, f64::min);
+        let lmax = w.iter().map(|x| x.2).fold(0.0, f64::max);
+        let margin = median(w.iter().map(|x| x.3).collect());
+        let _ = write!(
+            s,
+            "  {:<19} wins {:>3} of {total} points (CPUs {cmin}..{cmax}, load {:.0}..{:.0} %) by x{margin:.2} \
+             over the runner-up (median)",
+            m.name(),
+            w.len(),
+            lmin * 100.0,
+            lmax * 100.0,
+        );
+        if m != Mechanism::List {
+            let p = median(w.iter().map(|x| x.4).collect());
+            let _ = write!(s, "; its {price} there: x{p:.2} the list's");
+        }
+        s.push('\n');
+    }
+    let _ = writeln!(
+        s,
+        "  ties (best {what} within x{CLEAR_WIN:.2} of the runner-up): {ties} of {total} points; \
+         every mechanism saturated: {saturated}"
+    );
+    s
+}
+
 /// A short name for matrices.
 fn short(m: Mechanism) -> &'static str {
     match m {

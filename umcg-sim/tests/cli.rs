@@ -115,6 +115,19 @@ fn model_sweep_has_the_grid_shape() {
         stdout.contains("built-in reference calibration"),
         "{stdout}"
     );
+    // The answer: one line per wakeup mechanism and metric, then the ties.
+    let answer = stdout
+        .split("the sweep's answer")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no sweep answer in:\n{stdout}"));
+    for m in ["list", "epoll-excl", "eventfd-per-server", "herd", "slot"] {
+        let lines = answer
+            .lines()
+            .filter(|l| l.trim_start().starts_with(&format!("{m} ")))
+            .count();
+        assert_eq!(lines, 2, "{m} in:\n{answer}");
+    }
+    assert_eq!(answer.matches("of 80 points;").count(), 2, "{answer}");
     let (cpus, loads, mechs) = (8, 10, 6);
     let csv = std::fs::read_to_string(out.join("model_sweep.csv")).unwrap();
     let mut lines = csv.lines();
@@ -137,6 +150,37 @@ fn model_sweep_has_the_grid_shape() {
         "model_p50_vs_load_cpus256.svg",
     ] {
         assert!(out.join(f).exists(), "{f}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn baseline_quick_writes_its_figures() {
+    let out = temp_dir("baseline");
+    let o = bin()
+        .args(["baseline", "--quick", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let csv = std::fs::read_to_string(out.join("baselines.csv")).unwrap();
+    for name in [
+        "futex_pingpong_same",
+        "wake1of1_futex_same",
+        "wake1of32_herd",
+        "list_claim_release",
+        "workload_L50",
+    ] {
+        assert!(
+            csv.lines().any(|l| l.starts_with(&format!("{name},"))),
+            "{name} missing in:\n{csv}"
+        );
+        assert!(stdout.contains(name), "{name} missing in:\n{stdout}");
     }
     let _ = std::fs::remove_dir_all(&out);
 }
