@@ -566,16 +566,24 @@ pub fn sweep_summary(
         let cmax = w.iter().map(|x| x.1).max().unwrap_or(0);
         let lmin = w.iter().map(|x| x.2).fold(f64::INFINITY, f64::min);
         let lmax = w.iter().map(|x| x.2).fold(0.0, f64::max);
-        let margin = median(w.iter().map(|x| x.3).collect());
+        let finite: Vec<f64> = w.iter().map(|x| x.3).filter(|x| x.is_finite()).collect();
+        let only = w.len() - finite.len();
+        let margin = if finite.is_empty() {
+            "as the only unsaturated one".to_string()
+        } else {
+            format!("by x{:.2} over the runner-up (median)", median(finite))
+        };
         let _ = write!(
             s,
-            "  {:<19} wins {:>3} of {total} points (CPUs {cmin}..{cmax}, load {:.0}..{:.0} %) by x{margin:.2} \
-             over the runner-up (median)",
+            "  {:<19} wins {:>3} of {total} points (CPUs {cmin}..{cmax}, load {:.0}..{:.0} %) {margin}",
             m.name(),
             w.len(),
             lmin * 100.0,
             lmax * 100.0,
         );
+        if only > 0 && only < w.len() {
+            let _ = write!(s, " ({only} of them as the only unsaturated one)");
+        }
         if m != Mechanism::List {
             let p = median(w.iter().map(|x| x.4).collect());
             let _ = write!(s, "; its {price} there: x{p:.2} the list's");
