@@ -181,8 +181,25 @@ impl WakeKind {
     }
 }
 
-/// Waker on `waker_cpu`, `k` sleepers on `sleeper_cpu`; `iters` wakeups. Returns latency
-/// (waker timestamp → woken thread running) and the sleepers' CPU time per wakeup.
+/// Sleep the calling thread for `d` with a timed futex wait (what the harness's workers do
+/// between events), retrying early returns.
+fn nap(d: Duration) {
+    let w = AtomicU32::new(0);
+    let end = now_ns() + d.as_nanos() as u64;
+    while now_ns() < end {
+        let _ = sys::futex_wait(&w, 0, Some(Deadline::Monotonic(end)));
+    }
+}
+
+/// Waker on `waker_cpu`, `k` sleepers on `sleeper_cpu` (the same CPU or another); `iters`
+/// wakeups. Returns latency (waker timestamp → woken thread running), the sleepers' CPU time
+/// per wakeup, and the waker's wake call (p50), all ns.
+///
+/// The waker behaves as an unblocking worker of the harness: before each wakeup it sleeps
+/// in a timed wait (so it has just woken from one, as a worker has), timestamps, wakes, and
+/// goes back to timed sleeps until the wakeup is done. Nobody waits on a futex for the
+/// woken thread, so its CPU time is its own wakeup and return to sleep, not a second
+/// cross-CPU wakeup of the waker.
 pub fn wake_one_of_k(
     kind: WakeKind,
     k: usize,
@@ -248,7 +265,6 @@ pub fn wake_one_of_k(
                     if won {
                         h.saturating_record(now.saturating_sub(ts.load(Ordering::Acquire)).max(1));
                         done.fetch_add(1, Ordering::AcqRel);
-                        sys::futex_wake(&done, 1);
                     }
                 }
                 (h, Usage::thread().since(u0))
@@ -256,13 +272,14 @@ pub fn wake_one_of_k(
         })
         .collect();
     let _ = sys::pin_to_cpu(waker_cpu);
+    tight_timer_slack();
     let settle = |want: usize| {
         let t0 = now_ns();
         while asleep.load(Ordering::Acquire) < want && now_ns() - t0 < 1_000_000_000 {
-            std::thread::sleep(Duration::from_micros(20));
+            nap(Duration::from_micros(20));
         }
         // Let the last one reach its sleep inside the system call.
-        std::thread::sleep(Duration::from_micros(30));
+        nap(Duration::from_micros(30));
     };
     for it in 0..iters {
         settle(k);
@@ -282,8 +299,7 @@ pub fn wake_one_of_k(
         let want = it as u32 + 1;
         let t0 = now_ns();
         while done.load(Ordering::Acquire) < want && now_ns() - t0 < 1_000_000_000 {
-            let d = done.load(Ordering::Acquire);
-            let _ = sys::futex_wait(&done, d, Some(Deadline::after(Duration::from_millis(10))));
+            nap(Duration::from_micros(20));
         }
     }
     settle(k);
@@ -309,6 +325,151 @@ pub fn wake_one_of_k(
         cpu as f64 / iters.max(1) as f64,
         call.value_at_quantile(0.5) as f64,
     ))
+}
+
+/// Where the scheduler runs a thread woken by its timer when its previous CPU `busy` is kept
+/// busy by a spinning thread and `idle` is idle: the fraction of `iters` wakeups that ran on
+/// `busy` (the rest were moved to the idle CPU). The thread is placed on `busy` before each
+/// sleep and may then run on both CPUs, as an unpinned worker of the harness.
+pub fn stay_on_busy_fraction(busy: usize, idle: usize, iters: usize) -> f64 {
+    if busy == idle {
+        return 0.0;
+    }
+    let stop = Arc::new(AtomicU32::new(0));
+    let spinner = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let _ = sys::pin_to_cpu(busy);
+            while stop.load(Ordering::Relaxed) == 0 {
+                std::hint::spin_loop();
+            }
+        })
+    };
+    let both = [busy, idle];
+    let t = std::thread::spawn(move || {
+        tight_timer_slack();
+        let mut stayed = 0usize;
+        for _ in 0..iters {
+            let _ = sys::pin_to_cpu(busy);
+            crate::os::set_affinity(&both);
+            nap(Duration::from_micros(200));
+            if sys::current_cpu() == busy {
+                stayed += 1;
+            }
+        }
+        stayed as f64 / iters.max(1) as f64
+    });
+    let f = t.join().unwrap_or(0.0);
+    stop.store(1, Ordering::Relaxed);
+    let _ = spinner.join();
+    f
+}
+
+/// `adopt`'s move: a thread on CPU `a` that just woke from a timed sleep pins itself to the
+/// idle CPU `b` (a migration) and then widens its affinity again. Returns the latency until
+/// it runs on `b` (p50) and the thread's CPU time for the move and the widening (p50), ns.
+pub fn migrate(a: usize, b: usize, iters: usize) -> (f64, f64) {
+    let t = std::thread::spawn(move || {
+        tight_timer_slack();
+        let (mut lat, mut cpu) = (new_histogram(), new_histogram());
+        for _ in 0..iters {
+            let _ = sys::pin_to_cpu(a);
+            nap(Duration::from_micros(100));
+            let (t0, c0) = (now_ns(), crate::os::thread_cpu_ns());
+            let _ = sys::pin_to_cpu(b);
+            let t1 = now_ns();
+            crate::os::set_affinity(&[a, b]);
+            let c1 = crate::os::thread_cpu_ns();
+            lat.saturating_record((t1 - t0).max(1));
+            cpu.saturating_record(c1.saturating_sub(c0).max(1));
+        }
+        (
+            lat.value_at_quantile(0.5) as f64,
+            cpu.value_at_quantile(0.5) as f64,
+        )
+    });
+    t.join().unwrap_or((0.0, 0.0))
+}
+
+/// Two shared-eventfd costs that involve no sleeping thread, ns (p50 of batches): an eventfd
+/// write that nobody waits for (the fd is in an epoll without waiters: what `epoll-excl`
+/// and `herd` pay per event when every server is busy), and a stale wakeup: `epoll_wait` on
+/// an fd a previous write left readable, which returns at once, plus the drain.
+pub fn fd_write_and_stale(iters: usize) -> Result<(f64, f64), sys::Errno> {
+    let efd = EventFd::new_nonblocking()?;
+    let ep = Epoll::new()?;
+    ep.add(&efd, 0, true)?;
+    let (mut w, mut st) = (new_histogram(), new_histogram());
+    let mut ev = [EpollEvent::empty()];
+    for _ in 0..iters.div_ceil(100) {
+        let t0 = now_ns();
+        for _ in 0..100 {
+            let _ = efd.signal();
+        }
+        w.saturating_record(((now_ns() - t0) / 100).max(1));
+        let _ = efd.drain();
+        let mut sum = 0;
+        for _ in 0..100 {
+            let _ = efd.signal();
+            let t0 = now_ns();
+            let _ = ep.wait(&mut ev, Some(Duration::ZERO));
+            let _ = efd.drain();
+            sum += now_ns() - t0;
+        }
+        st.saturating_record((sum / 100).max(1));
+    }
+    Ok((
+        w.value_at_quantile(0.5) as f64,
+        st.value_at_quantile(0.5) as f64,
+    ))
+}
+
+/// The workload's own CPU cost per event with no server and no wakeup at all: the workers of
+/// `cfg` sleep until their Poisson arrival times (timed futex waits, as in the harness) and
+/// run the compute in their own thread. Returns process CPU per event beyond the compute, ns.
+/// What every mechanism pays on top of its wakeups: the workers' timed sleeps and wakes.
+pub fn workload_cpu_ns(cfg: &crate::harness::Config) -> f64 {
+    use crate::os::burn_cpu;
+    let times = crate::harness::schedule(cfg);
+    let n: usize = times.iter().map(Vec::len).sum();
+    let go = AtomicU64::new(0);
+    let compute = cfg.compute_ns;
+    let u = std::thread::scope(|s| {
+        let hs: Vec<_> = times
+            .iter()
+            .map(|t| {
+                let go = &go;
+                s.spawn(move || {
+                    // Free on the run's CPUs, whatever the creator's affinity.
+                    crate::os::set_affinity(&cfg.cpus);
+                    tight_timer_slack();
+                    let w = AtomicU32::new(0);
+                    let t0 = loop {
+                        let t = go.load(Ordering::Acquire);
+                        if t != 0 {
+                            break t;
+                        }
+                        std::thread::sleep(Duration::from_micros(100));
+                    };
+                    for &t in t {
+                        let d = t0 + t;
+                        while now_ns() < d {
+                            let _ = sys::futex_wait(&w, 0, Some(Deadline::Monotonic(d)));
+                        }
+                        burn_cpu(compute);
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(20));
+        let u0 = Usage::process();
+        go.store(now_ns() + 1_000_000, Ordering::Release);
+        for h in hs {
+            let _ = h.join();
+        }
+        Usage::process().since(u0)
+    });
+    ((u.cpu_ns as f64 - n as f64 * compute as f64) / n.max(1) as f64).max(0.0)
 }
 
 /// `gettid` round trip into the kernel, ns (median of batches).
@@ -362,8 +523,60 @@ pub fn list_claim_release_ns(iters: usize) -> f64 {
     h.value_at_quantile(0.5) as f64
 }
 
-/// Every baseline, `iters` operations each (wake-one-of-K uses a third of that).
-pub fn run_all(iters: usize, mut progress: impl FnMut(&str)) -> Vec<Baseline> {
+/// The loads at which [`workload_cpu_ns`] is measured (the calibration's `workload_cpu_*`).
+pub const WORKLOAD_LOADS: [f64; 5] = [0.1, 0.3, 0.5, 0.7, 0.9];
+
+/// The workload that [`workload_cpu_ns`] imitates in [`run_all`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkloadSpec {
+    /// Worker threads.
+    pub workers: usize,
+    /// CPUs of the capacity (the load is a fraction of `cpus.len()` CPUs).
+    pub cpus: Vec<usize>,
+    /// Compute per event, ns.
+    pub compute_ns: u64,
+    /// Length of each load's arrival schedule, ns.
+    pub duration_ns: u64,
+    /// Seed of the arrival process.
+    pub seed: u64,
+}
+
+impl WorkloadSpec {
+    /// The defaults of `umcg-sim compare` on the allowed CPUs.
+    pub fn default_for(cpus: Vec<usize>, quick: bool) -> Self {
+        WorkloadSpec {
+            workers: 32,
+            cpus,
+            compute_ns: 100_000,
+            duration_ns: if quick { 60_000_000 } else { 300_000_000 },
+            seed: 42,
+        }
+    }
+}
+
+fn one(name: &str, placement: String, v: f64) -> Baseline {
+    Baseline {
+        name: name.into(),
+        placement,
+        p50_ns: v,
+        p99_ns: v,
+        cpu_ns: v,
+    }
+}
+
+/// Every baseline, `iters` operations each (the wakeups use a third of that), and the
+/// workload's own cost at [`WORKLOAD_LOADS`]. The measurements pin the calling thread; its
+/// affinity is restored before returning (threads it creates later inherit it).
+pub fn run_all(iters: usize, w: &WorkloadSpec, progress: impl FnMut(&str)) -> Vec<Baseline> {
+    let allowed = sys::allowed_cpus().unwrap_or_default();
+    let out = run_all_pinned(iters, w, progress);
+    if !allowed.is_empty() {
+        crate::os::set_affinity(&allowed);
+    }
+    out
+}
+
+fn run_all_pinned(iters: usize, w: &WorkloadSpec, mut progress: impl FnMut(&str)) -> Vec<Baseline> {
     let (a, b) = cpu_pair();
     let mut out = Vec::new();
     let pairs: Vec<(&str, usize, usize)> = if a == b {
@@ -388,44 +601,50 @@ pub fn run_all(iters: usize, mut progress: impl FnMut(&str)) -> Vec<Baseline> {
             }
         }
     }
+    let wake_iters = (iters / 3).max(50);
+    let mut wake = |out: &mut Vec<Baseline>, key: String, kind, k, x, y| {
+        progress(&key);
+        if let Ok((h, cpu, call)) = wake_one_of_k(kind, k, x, y, wake_iters) {
+            out.push(from_hist(
+                &key,
+                format!("waker CPU {x}, {k} sleepers CPU {y}"),
+                &h,
+                cpu,
+            ));
+            out.push(one(
+                &format!("{key}_wakercall"),
+                format!("waker CPU {x}"),
+                call,
+            ));
+        }
+    };
+    // One sleeper woken by a worker-like waker: the handoff every targeted mechanism makes.
+    for (kind, name) in [(WakeKind::Futex, "futex"), (WakeKind::Exclusive, "epoll")] {
+        for &(place, x, y) in &pairs {
+            wake(&mut out, format!("wake1of1_{name}_{place}"), kind, 1, x, y);
+        }
+    }
     for kind in [WakeKind::Futex, WakeKind::Exclusive, WakeKind::Herd] {
         for k in [2, 8, 32] {
-            let key = format!("wake1of{k}_{}", kind.name());
-            progress(&key);
-            if let Ok((h, cpu, call)) = wake_one_of_k(kind, k, a, b, (iters / 3).max(50)) {
-                out.push(from_hist(
-                    &key,
-                    format!("waker CPU {a}, {k} sleepers CPU {b}"),
-                    &h,
-                    cpu,
-                ));
-                out.push(Baseline {
-                    name: format!("{key}_wakercall"),
-                    placement: format!("waker CPU {a}"),
-                    p50_ns: call,
-                    p99_ns: call,
-                    cpu_ns: call,
-                });
-            }
+            wake(
+                &mut out,
+                format!("wake1of{k}_{}", kind.name()),
+                kind,
+                k,
+                a,
+                b,
+            );
         }
     }
     progress("syscall");
     let s = syscall_ns(iters * 10);
-    out.push(Baseline {
-        name: "syscall_gettid".into(),
-        placement: "one thread".into(),
-        p50_ns: s,
-        p99_ns: s,
-        cpu_ns: s,
-    });
+    out.push(one("syscall_gettid", "one thread".into(), s));
     let c = list_claim_release_ns(iters * 10);
-    out.push(Baseline {
-        name: "list_claim_release".into(),
-        placement: "one thread".into(),
-        p50_ns: c,
-        p99_ns: c,
-        cpu_ns: c,
-    });
+    out.push(one("list_claim_release", "one thread".into(), c));
+    if let Ok((wr, st)) = fd_write_and_stale(iters * 10) {
+        out.push(one("eventfd_write_nowaiter", "one thread".into(), wr));
+        out.push(one("epoll_stale_wakeup", "one thread".into(), st));
+    }
     progress("timed_wake");
     let c = timed_wake_cpu_ns((iters / 2).max(100), Duration::from_micros(200));
     out.push(Baseline {
@@ -435,6 +654,52 @@ pub fn run_all(iters: usize, mut progress: impl FnMut(&str)) -> Vec<Baseline> {
         p99_ns: 0.0,
         cpu_ns: c,
     });
+    if a != b {
+        progress("placement");
+        let f = stay_on_busy_fraction(a, b, (iters / 3).max(50));
+        out.push(Baseline {
+            name: "stay_on_busy_pct".into(),
+            placement: format!("spinner on CPU {a}, CPU {b} idle"),
+            p50_ns: f * 100.0,
+            p99_ns: f * 100.0,
+            cpu_ns: 0.0,
+        });
+        progress("migrate");
+        let (lat, cpu) = migrate(a, b, (iters / 3).max(50));
+        out.push(Baseline {
+            name: "migrate".into(),
+            placement: format!("CPU {a} -> idle CPU {b}"),
+            p50_ns: lat,
+            p99_ns: lat,
+            cpu_ns: cpu,
+        });
+    }
+    for &l in &WORKLOAD_LOADS {
+        let key = format!("workload_L{:.0}", l * 100.0);
+        progress(&key);
+        let cfg = crate::harness::Config {
+            servers: w.cpus.len().max(1),
+            workers: w.workers.max(1),
+            cpus: w.cpus.clone(),
+            pin_workers: false,
+            load: l,
+            compute_ns: w.compute_ns.max(1),
+            duration_ns: w.duration_ns,
+            seed: w.seed,
+        };
+        let c = workload_cpu_ns(&cfg);
+        out.push(Baseline {
+            name: key,
+            placement: format!(
+                "{} unpinned workers, no servers, {:.0} us compute",
+                w.workers,
+                w.compute_ns as f64 / 1000.0
+            ),
+            p50_ns: 0.0,
+            p99_ns: 0.0,
+            cpu_ns: c,
+        });
+    }
     out
 }
 

@@ -132,6 +132,11 @@ pub struct RunResult {
     pub rescues: u64,
     /// Mean time a worker spends blocked between events, ns (`W / λ`).
     pub mean_block_ns: f64,
+    /// Events that started on the CPU their worker unblocked on (a same-CPU handoff, or
+    /// `adopt` of that CPU's server).
+    pub same_cpu: u64,
+    /// Latency of those events, ns.
+    pub latency_same_cpu: Histogram<u64>,
 }
 
 impl RunResult {
@@ -160,6 +165,25 @@ impl RunResult {
     pub fn quantile_us(&self, q: f64) -> f64 {
         self.latency.value_at_quantile(q) as f64 / 1000.0
     }
+
+    /// Fraction of events started on the CPU their worker unblocked on.
+    pub fn same_cpu_fraction(&self) -> f64 {
+        self.same_cpu as f64 / self.events.max(1) as f64
+    }
+
+    /// p50 of the events started on their worker's CPU, and of the others, µs (0 if none).
+    pub fn p50_same_cross_us(&self) -> (f64, f64) {
+        let mut cross = self.latency.clone();
+        let _ = cross.subtract(&self.latency_same_cpu);
+        let q = |h: &Histogram<u64>| {
+            if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(0.5) as f64 / 1000.0
+            }
+        };
+        (q(&self.latency_same_cpu), q(&cross))
+    }
 }
 
 /// A fresh latency histogram: 1 ns … 10 s, 3 significant digits.
@@ -168,11 +192,34 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 10_000_000_000, 3).expect("constant, valid bounds")
 }
 
+/// Latency histograms of one thread: every event, and those started on the CPU their worker
+/// unblocked on.
+struct Lat {
+    all: Histogram<u64>,
+    same: Histogram<u64>,
+}
+
+impl Lat {
+    fn new() -> Self {
+        Lat {
+            all: new_histogram(),
+            same: new_histogram(),
+        }
+    }
+
+    fn add(&mut self, o: &Lat) {
+        let _ = self.all.add(&o.all);
+        let _ = self.same.add(&o.same);
+    }
+}
+
 /// One event: worker `worker` unblocked at `ts` (monotonic ns).
 #[derive(Clone, Copy, Debug)]
 struct Event {
     ts: u64,
     worker: u32,
+    /// The CPU the worker unblocked on.
+    cpu: u32,
 }
 
 #[derive(Debug, Default)]
@@ -231,9 +278,13 @@ impl Shared<'_> {
     }
 
     /// Run the worker of `ev`: timestamp, compute, mark it served.
-    fn run(&self, ev: Event, h: &mut Histogram<u64>) {
+    fn run(&self, ev: Event, h: &mut Lat) {
         let start = now_ns();
-        h.saturating_record(start.saturating_sub(ev.ts).max(1));
+        let lat = start.saturating_sub(ev.ts).max(1);
+        h.all.saturating_record(lat);
+        if sys::current_cpu() == ev.cpu as usize {
+            h.same.saturating_record(lat);
+        }
         burn_cpu(self.compute_ns);
         self.served.fetch_add(1, Ordering::Relaxed);
         let b = &self.busy[ev.worker as usize].0;
@@ -255,7 +306,7 @@ impl Shared<'_> {
 
     /// `adopt`: run the queue dry with server `tok`, give it back, and re-check (the
     /// releaser's half of the store-then-check pair; `release` fences).
-    fn serve_then_release(&self, mut tok: usize, h: &mut Histogram<u64>, moved: &mut bool) {
+    fn serve_then_release(&self, mut tok: usize, h: &mut Lat, moved: &mut bool) {
         loop {
             while let Some(ev) = self.pop() {
                 self.run(ev, h);
@@ -297,7 +348,7 @@ impl Shared<'_> {
     }
 
     /// The waker's side (crate doc): the unblocking worker's "wake hook".
-    fn unblock(&self, ev: Event, h: &mut Histogram<u64>) {
+    fn unblock(&self, ev: Event, h: &mut Lat) {
         let mut moved = false;
         if let Some(tok) = self.mech.claim() {
             self.wakes[5].fetch_add(1, Ordering::Relaxed);
@@ -319,9 +370,9 @@ impl Shared<'_> {
         }
     }
 
-    fn server(&self, s: usize, cpu: usize) -> Histogram<u64> {
+    fn server(&self, s: usize, cpu: usize) -> Lat {
         let _ = sys::pin_to_cpu(cpu);
-        let mut h = new_histogram();
+        let mut h = Lat::new();
         let mut just_woke = false;
         loop {
             if let Some(ev) = self.pop() {
@@ -349,19 +400,20 @@ impl Shared<'_> {
         h
     }
 
-    fn worker(
-        &self,
-        k: usize,
-        times: &[u64],
-        go: &AtomicU64,
-        pin: Option<usize>,
-    ) -> Histogram<u64> {
-        if let Some(cpu) = pin {
-            let _ = sys::pin_to_cpu(cpu);
-            PINNED.set(Some(cpu));
+    fn worker(&self, k: usize, times: &[u64], go: &AtomicU64, pin: Option<usize>) -> Lat {
+        match pin {
+            Some(cpu) => {
+                let _ = sys::pin_to_cpu(cpu);
+                PINNED.set(Some(cpu));
+            }
+            // Unpinned means free on the run's CPUs: a new thread inherits its creator's
+            // affinity, which may be a single CPU (the baselines pin the thread running them).
+            None => {
+                crate::os::set_affinity(&self.home);
+            }
         }
         tight_timer_slack();
-        let mut h = new_histogram();
+        let mut h = Lat::new();
         let t0 = loop {
             let t = go.load(Ordering::Acquire);
             if t != 0 {
@@ -390,6 +442,7 @@ impl Shared<'_> {
                 Event {
                     ts,
                     worker: k as u32,
+                    cpu: sys::current_cpu() as u32,
                 },
                 &mut h,
             );
@@ -500,7 +553,7 @@ pub fn run(m: Mechanism, cfg: &Config) -> Result<RunResult, RunError> {
     let total: u64 = times.iter().map(|v| v.len() as u64).sum();
     let go = AtomicU64::new(0);
     let exited = AtomicUsize::new(0);
-    let mut latency = new_histogram();
+    let mut latency = Lat::new();
     let mut rescues = 0;
     let (usage, wall_ns) = std::thread::scope(|scope| {
         let servers: Vec<_> = (0..cfg.servers)
@@ -530,7 +583,7 @@ pub fn run(m: Mechanism, cfg: &Config) -> Result<RunResult, RunError> {
         go.store(t0, Ordering::Release);
         for w in workers {
             if let Ok(h) = w.join() {
-                let _ = latency.add(&h);
+                latency.add(&h);
             }
         }
         // Drain: wait for the last event to be served.
@@ -552,7 +605,7 @@ pub fn run(m: Mechanism, cfg: &Config) -> Result<RunResult, RunError> {
         }
         for s in servers {
             if let Ok(h) = s.join() {
-                let _ = latency.add(&h);
+                latency.add(&h);
             }
         }
         (u1.since(u0), t_end.saturating_sub(t0))
@@ -561,7 +614,7 @@ pub fn run(m: Mechanism, cfg: &Config) -> Result<RunResult, RunError> {
     Ok(RunResult {
         mechanism: m,
         config: cfg.clone(),
-        latency,
+        latency: latency.all,
         events: sh.served.load(Ordering::Relaxed),
         wall_ns,
         offered_per_s: cfg.rate_per_s(),
@@ -580,6 +633,8 @@ pub fn run(m: Mechanism, cfg: &Config) -> Result<RunResult, RunError> {
         late: sh.late.load(Ordering::Relaxed),
         rescues,
         mean_block_ns: cfg.workers as f64 * 1e9 / cfg.rate_per_s(),
+        same_cpu: latency.same.len(),
+        latency_same_cpu: latency.same,
     })
 }
 

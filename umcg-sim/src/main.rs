@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use umcg_sim::baseline::{self, Baseline};
+use umcg_sim::baseline::{self, Baseline, WorkloadSpec};
 use umcg_sim::harness::{self, Config, RunResult};
 use umcg_sim::model::{self, Calibration, Params, Prediction};
 use umcg_sim::os::Machine;
@@ -83,35 +83,67 @@ struct CompareArgs {
     /// Also write the SVG plots into this directory (e.g. docs/figures).
     #[arg(long)]
     figures: Option<PathBuf>,
-    /// Skip the baselines (they take a few seconds).
+    /// Skip the baselines (they take a few seconds); the model then reads --calibration,
+    /// or <out>/calibration.txt, or its built-in reference.
     #[arg(long)]
     no_baselines: bool,
+    /// Calibrate the model from this file instead of this run's baselines.
+    #[arg(long)]
+    calibration: Option<PathBuf>,
 }
+
+/// The sweep's CPU counts.
+const SWEEP_CPUS: &str = "2,4,8,16,32,64,128,256";
+/// The sweep's offered loads.
+const SWEEP_LOADS: &str = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,0.95";
 
 #[derive(Args, Debug, Clone)]
 struct ModelArgs {
     #[command(flatten)]
     common: CommonArgs,
-    /// CPU counts to sweep (comma-separated).
-    #[arg(long, value_delimiter = ',', value_parser = positive,
-          default_value = "2,4,8,16,32,64,128,256")]
+    /// The full sweep: CPUs 2, 4, ..., 256 x loads 10 ... 95 % (also the default when
+    /// neither --cpus nor --load is given).
+    #[arg(long, conflicts_with_all = ["cpus", "load"])]
+    sweep: bool,
+    /// CPU counts to run (comma-separated, 1 ... 4096) [default: the sweep's].
+    #[arg(long, value_delimiter = ',', value_parser = model_cpus)]
     cpus: Vec<usize>,
-    /// Offered loads to sweep (comma-separated fractions in (0, 1)).
-    #[arg(long, value_delimiter = ',', value_parser = load,
-          default_value = "0.1,0.3,0.5,0.7,0.9,0.95")]
+    /// Offered loads to run (comma-separated fractions in (0, 1)) [default: the sweep's].
+    #[arg(long, value_delimiter = ',', value_parser = load)]
     load: Vec<f64>,
     /// CPU time per event, µs.
     #[arg(long, default_value_t = 100.0, value_parser = compute_us)]
     compute_us: f64,
-    /// Arrivals simulated per point [default: 20000; --quick: 3000].
-    #[arg(long, value_parser = positive)]
+    /// Arrivals simulated per point, up to 10000000 [default: 20000; --quick: 3000].
+    #[arg(long, value_parser = model_events)]
     events: Option<usize>,
-    /// Calibration file [default: <out>/calibration.txt; LIMITS.md figures if absent].
+    /// Calibration file [default: <out>/calibration.txt; the built-in reference if absent].
     #[arg(long)]
     calibration: Option<PathBuf>,
     /// Also write the SVG plots into this directory (e.g. docs/figures).
     #[arg(long)]
     figures: Option<PathBuf>,
+    /// Seed of the arrival process.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+fn model_cpus(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=4096).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "`{s}` is not a CPU count the model runs: give an integer from 1 to 4096"
+        )),
+    }
+}
+
+fn model_events(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=10_000_000).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "`{s}` is not an event count: give an integer from 1 to 10000000"
+        )),
+    }
 }
 
 fn positive(s: &str) -> Result<usize, String> {
@@ -209,9 +241,9 @@ fn command_line() -> String {
     }
 }
 
-fn baselines(quick: bool, pb: &ProgressBar) -> Vec<Baseline> {
+fn baselines(quick: bool, spec: &WorkloadSpec, pb: &ProgressBar) -> Vec<Baseline> {
     let iters = if quick { 300 } else { 3000 };
-    baseline::run_all(iters, |name| pb.set_message(name.to_string()))
+    baseline::run_all(iters, spec, |name: &str| pb.set_message(name.to_string()))
 }
 
 fn compare(a: &CompareArgs) -> Result<(), Failure> {
@@ -283,7 +315,14 @@ fn compare(a: &CompareArgs) -> Result<(), Failure> {
     let mut b = Vec::new();
     if !a.no_baselines {
         pb.set_message("baselines");
-        b = baselines(quick, &pb);
+        let spec = WorkloadSpec {
+            workers: a.workers,
+            cpus: cpus.clone(),
+            compute_ns: base.compute_ns,
+            duration_ns: if quick { 60_000_000 } else { 300_000_000 },
+            seed: a.seed,
+        };
+        b = baselines(quick, &spec, &pb);
         pb.inc(1);
     }
     let mut runs: Vec<RunResult> = Vec::new();
@@ -422,67 +461,129 @@ fn compare(a: &CompareArgs) -> Result<(), Failure> {
             written.push(p);
         }
     }
-    // Validation against the model, if calibrated.
+    // The model, calibrated by this run's baselines unless a file is given.
     let cal_path = out.join("calibration.txt");
-    let (cal, cal_src) = load_calibration(&cal_path, None)?;
+    let (cal, cal_src) = match (&a.calibration, Calibration::from_baselines(&b)) {
+        (Some(f), _) => load_calibration(&cal_path, Some(f))?,
+        (None, Ok(c)) => {
+            let text = c.to_text(&format!(
+                "umcg-sim calibration, measured by `{}` (its same-run baselines)\n{}",
+                command_line(),
+                machine.line()
+            ));
+            write(&cal_path, &text)?;
+            (c, "this run's baselines".to_string())
+        }
+        (None, Err(e)) => {
+            let (c, src) = load_calibration(&cal_path, None)?;
+            (c, format!("{src}; not this run's baselines: {e}"))
+        }
+    };
     println!();
     println!(
         "model validation at {} CPUs (calibration: {cal_src}):",
         cpus.len()
     );
-    let v = validate(&main, &cal, quick);
+    let v = validate(&runs, a.main_load, &cal, quick);
     print!("{v}");
     write(&out.join("validation.txt"), &v)?;
     println!();
     println!(
-        "wrote {}/{{results.csv, results.json, baselines.csv, validation.txt}} and {} SVG plots",
+        "wrote {}/{{results.csv, results.json, baselines.csv, calibration.txt, validation.txt}} \
+         and {} SVG plots",
         out.display(),
         written.len()
     );
     Ok(())
 }
 
-/// Model vs real at the runs' CPU count and load: p50 and CPU per event, with the error.
-fn validate(runs: &[&RunResult], cal: &Calibration, quick: bool) -> String {
+/// The validation target: the largest |error| allowed at the main load, percent.
+const TARGET_PCT: f64 = 25.0;
+
+/// Model vs real at the runs' CPU count: p50, CPU per event and the same-CPU fraction, with
+/// the errors; the main load is the target, the other loads are shown for information.
+fn validate(runs: &[RunResult], main_load: f64, cal: &Calibration, quick: bool) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{:<19} {:>9} {:>9} {:>7}   {:>10} {:>10} {:>7}",
-        "mechanism", "real p50", "model p50", "error", "real CPU", "model CPU", "error"
-    );
-    let mut worst: f64 = 0.0;
-    for r in runs {
-        let p = Params {
-            cpus: r.config.capacity(),
-            load: r.config.load,
-            compute_ns: r.config.compute_ns,
-            events: if quick { 5_000 } else { 50_000 },
-            seed: r.config.seed,
-        };
-        let m = model::simulate(r.mechanism, &p, cal);
-        let (rp, mp) = (r.quantile_us(0.5), m.quantile_us(0.5));
-        let (rc, mc) = (r.cpu_per_event_ns() / 1000.0, m.cpu_per_event_ns / 1000.0);
-        let e1 = (mp - rp) / rp.max(1e-3) * 100.0;
-        let e2 = (mc - rc) / rc.max(1e-3) * 100.0;
-        worst = worst.max(e1.abs()).max(e2.abs());
+    let header = |s: &mut String| {
         let _ = writeln!(
             s,
-            "{:<19} {:>7.1}us {:>7.1}us {:>+6.0}%   {:>8.2}us {:>8.2}us {:>+6.0}%",
-            r.mechanism.name(),
-            rp,
-            mp,
-            e1,
-            rc,
-            mc,
-            e2
+            "{:<19} {:>5} {:>9} {:>9} {:>7}   {:>9} {:>9} {:>7}   {:>11}",
+            "mechanism",
+            "load",
+            "real p50",
+            "model p50",
+            "error",
+            "real CPU",
+            "model CPU",
+            "error",
+            "same CPU"
         );
-    }
+    };
+    let rows = |s: &mut String, main: bool| -> f64 {
+        let mut worst: f64 = 0.0;
+        for r in runs {
+            let is_main = (r.config.load - main_load).abs() < 1e-9;
+            if is_main != main {
+                continue;
+            }
+            let p = Params {
+                cpus: r.config.capacity(),
+                load: r.config.load,
+                compute_ns: r.config.compute_ns,
+                events: if quick { 5_000 } else { 50_000 },
+                seed: r.config.seed,
+            };
+            let m = model::simulate(r.mechanism, &p, cal);
+            let (rp, mp) = (r.quantile_us(0.5), m.quantile_us(0.5));
+            let (rc, mc) = (r.cpu_per_event_ns() / 1000.0, m.cpu_per_event_ns / 1000.0);
+            let e1 = (mp - rp) / rp.max(1e-3) * 100.0;
+            let e2 = (mc - rc) / rc.max(1e-3) * 100.0;
+            worst = worst.max(e1.abs()).max(e2.abs());
+            let _ = writeln!(
+                s,
+                "{:<19} {:>4.0}% {:>7.1}us {:>7.1}us {:>+6.0}%   {:>7.2}us {:>7.2}us {:>+6.0}%   {:>4.2} / {:>4.2}",
+                r.mechanism.name(),
+                r.config.load * 100.0,
+                rp,
+                mp,
+                e1,
+                rc,
+                mc,
+                e2,
+                r.same_cpu_fraction(),
+                m.same_cpu_fraction(),
+            );
+        }
+        worst
+    };
+    header(&mut s);
+    let worst = rows(&mut s, true);
     let _ = writeln!(
         s,
-        "largest error {worst:.0} % ({} the 25 % target)",
-        if worst <= 25.0 { "within" } else { "OUTSIDE" }
+        "largest error at {:.0} % load: {worst:.0} % ({} the {TARGET_PCT:.0} % target)",
+        main_load * 100.0,
+        if worst <= TARGET_PCT {
+            "within"
+        } else {
+            "OUTSIDE"
+        }
     );
+    let _ = writeln!(
+        s,
+        "(same CPU = fraction of events started on the CPU their worker unblocked on, real / \
+         model: the model's structure, not a target)"
+    );
+    if runs
+        .iter()
+        .any(|r| (r.config.load - main_load).abs() >= 1e-9)
+    {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "other loads (information, not the target):");
+        header(&mut s);
+        let worst_other = rows(&mut s, false);
+        let _ = writeln!(s, "largest error at the other loads: {worst_other:.0} %");
+    }
     s
 }
 
@@ -497,9 +598,9 @@ fn load_calibration(
             .map_err(|e| Failure(2, format!("{}: {e}", p.display()))),
         Err(e) if explicit.is_some() => Err(Failure(2, format!("{}: {e}", p.display()))),
         Err(_) => Ok((
-            Calibration::limits_md(),
+            Calibration::reference(),
             format!(
-                "LIMITS.md figures ({} not found: run `umcg-sim calibrate`)",
+                "the built-in reference calibration ({} not found: run `umcg-sim calibrate`)",
                 p.display()
             ),
         )),
@@ -512,7 +613,8 @@ fn run_baseline(a: &CommonArgs) -> Result<(), Failure> {
     println!("umcg-sim baseline: {}", command_line());
     println!("machine: {}", machine.line());
     let pb = progress(1, "baseline");
-    let b = baselines(a.quick, &pb);
+    let spec = WorkloadSpec::default_for(machine.allowed_cpus.clone(), a.quick);
+    let b = baselines(a.quick, &spec, &pb);
     pb.finish_and_clear();
     print!("{}", report::baseline_table(&b));
     let p = a.out.join("baselines.csv");
@@ -527,7 +629,8 @@ fn calibrate(a: &CommonArgs) -> Result<(), Failure> {
     println!("umcg-sim calibrate: {}", command_line());
     println!("machine: {}", machine.line());
     let pb = progress(1, "calibrate");
-    let b = baselines(a.quick, &pb);
+    let spec = WorkloadSpec::default_for(machine.allowed_cpus.clone(), a.quick);
+    let b = baselines(a.quick, &spec, &pb);
     pb.finish_and_clear();
     let cal = Calibration::from_baselines(&b).map_err(|e| {
         Failure(
@@ -547,27 +650,49 @@ fn calibrate(a: &CommonArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+fn parse_list<T>(s: &str, f: fn(&str) -> Result<T, String>) -> Vec<T> {
+    s.split(',').filter_map(|x| f(x).ok()).collect()
+}
+
 fn run_model(a: &ModelArgs) -> Result<(), Failure> {
     let out = &a.common.out;
     out_dir(out)?;
     let (cal, src) = load_calibration(&out.join("calibration.txt"), a.calibration.as_deref())?;
+    let cpus = if a.cpus.is_empty() {
+        parse_list(SWEEP_CPUS, model_cpus)
+    } else {
+        a.cpus.clone()
+    };
+    let loads = if a.load.is_empty() {
+        parse_list(SWEEP_LOADS, load)
+    } else {
+        a.load.clone()
+    };
     println!("umcg-sim model: {}", command_line());
     println!("calibration: {src}");
     let events = a
         .events
         .unwrap_or(if a.common.quick { 3_000 } else { 20_000 }) as u64;
     let compute_ns = (a.compute_us * 1000.0) as u64;
-    let pb = progress((a.cpus.len() * a.load.len()) as u64, "model");
+    println!(
+        "grid: CPUs {cpus:?} x loads {:?} %, compute {:.1} us/event, {events} arrivals per point, \
+         seed {}",
+        loads.iter().map(|l| l * 100.0).collect::<Vec<_>>(),
+        a.compute_us,
+        a.seed
+    );
+    let pb = progress((cpus.len() * loads.len()) as u64, "model");
+    let t0 = std::time::Instant::now();
     let mut preds: Vec<Prediction> = Vec::new();
-    for &c in &a.cpus {
-        for &l in &a.load {
+    for &c in &cpus {
+        for &l in &loads {
             for m in Mechanism::ALL {
                 let p = Params {
                     cpus: c,
                     load: l,
                     compute_ns,
                     events,
-                    seed: 42,
+                    seed: a.seed,
                 };
                 preds.push(model::simulate(m, &p, &cal));
             }
@@ -575,50 +700,57 @@ fn run_model(a: &ModelArgs) -> Result<(), Failure> {
         }
     }
     pb.finish_and_clear();
+    let (p50_map, rows) = report::winner_map(&preds, &cpus, &loads, report::Metric::P50);
+    let (cpu_map, cpu_rows) = report::winner_map(&preds, &cpus, &loads, report::Metric::Cpu);
     println!();
     println!(
-        "winner by p50 among list, epoll-excl, eventfd-per-server, herd, slot (xN = runner-up's \
-         p50 / winner's), compute {:.1} us:",
-        a.compute_us
+        "winner by p50 latency among the wakeup mechanisms (not adopt; saturated ones excluded); \
+         xN = list's p50 / winner's (where the list wins: the runner-up's / the list's):"
     );
-    print!("{}", report::sweep_table(&preds, &a.cpus, &a.load));
+    print!("{p50_map}");
     println!();
-    println!("p50 us | CPU per event us, per mechanism (rows: CPUs x load):");
-    print!("{:>5} {:>5}", "CPUs", "load");
-    for m in Mechanism::ALL {
-        print!(" {:>19}", m.name());
-    }
+    println!("winner by CPU per event beyond the compute; xN as above:");
+    print!("{cpu_map}");
     println!();
-    for &c in &a.cpus {
-        for &l in &a.load {
-            print!("{c:>5} {:>4.0}%", l * 100.0);
-            for m in Mechanism::ALL {
-                if let Some(p) = preds.iter().find(|p| {
-                    p.mechanism == m && p.params.cpus == c && (p.params.load - l).abs() < 1e-9
-                }) {
-                    print!(
-                        " {:>19}",
-                        format!(
-                            "{:.1} | {:.1}",
-                            p.quantile_us(0.5),
-                            p.cpu_per_event_ns / 1000.0
-                        )
-                    );
-                }
-            }
-            println!();
-        }
-    }
+    let summary = format!(
+        "the sweep's answer (clear win = x{:.2} or more over the best other wakeup mechanism):\n\
+         by p50 latency:\n{}by CPU per event:\n{}",
+        report::CLEAR_WIN,
+        report::sweep_summary(&preds, &cpus, &loads, report::Metric::P50),
+        report::sweep_summary(&preds, &cpus, &loads, report::Metric::Cpu),
+    );
+    print!("{summary}");
+    println!();
+    println!(
+        "adopt (no wakeup: the synchronous same-CPU switch's bound) vs list: p50 ratio list / \
+         adopt | CPU ratio list / adopt:"
+    );
+    print!("{}", report::adopt_table(&preds, &cpus, &loads));
+    println!();
+    println!(
+        "p50 us | CPU per event us, per mechanism (rows: CPUs x load; * = saturated: CPU demand \
+         load x (compute + CPU/event) >= capacity, the queue grows and the p50 only measures \
+         the run's length):"
+    );
+    print!("{}", report::prediction_table(&preds, &cpus, &loads));
     write(
         &out.join("model_sweep.csv"),
         &report::predictions_csv(&preds),
     )?;
-    let plot_load = if a.load.iter().any(|&l| (l - 0.5).abs() < 1e-9) {
-        0.5
-    } else {
-        a.load[a.load.len() / 2]
-    };
-    let series = |f: &dyn Fn(&Prediction) -> f64| -> report::Series {
+    write(
+        &out.join("model_winners.csv"),
+        &report::winners_csv(&rows, &cpu_rows, &cpus, &loads),
+    )?;
+    // Plots: per mechanism vs CPUs at a low, the middle and a high load; vs load at the
+    // largest CPU count.
+    let mut plot_loads: Vec<f64> = [0.1, 0.5, 0.9]
+        .into_iter()
+        .filter(|x| loads.iter().any(|l| (l - x).abs() < 1e-9))
+        .collect();
+    if plot_loads.is_empty() {
+        plot_loads.push(loads[loads.len() / 2]);
+    }
+    let vs_cpus = |l: f64, f: &dyn Fn(&Prediction) -> f64| -> report::Series {
         Mechanism::ALL
             .iter()
             .map(|&m| {
@@ -626,46 +758,73 @@ fn run_model(a: &ModelArgs) -> Result<(), Failure> {
                     m,
                     preds
                         .iter()
-                        .filter(|p| p.mechanism == m && (p.params.load - plot_load).abs() < 1e-9)
+                        .filter(|p| p.mechanism == m && (p.params.load - l).abs() < 1e-9)
                         .map(|p| (p.params.cpus as f64, f(p)))
                         .collect(),
                 )
             })
             .collect()
     };
-    let plots = [
-        (
-            "model_p50_vs_cpus.svg",
-            format!(
-                "model: p50 latency vs CPUs, load {:.0} %",
-                plot_load * 100.0
-            ),
+    let mut plots: Vec<(String, String, &str, &str, report::Series, bool)> = Vec::new();
+    for &l in &plot_loads {
+        let pct = (l * 100.0).round();
+        plots.push((
+            format!("model_p50_vs_cpus_load{pct:.0}.svg"),
+            format!("model: p50 latency vs CPUs, load {pct:.0} %"),
             "CPUs (log)",
             "p50 latency (us, log)",
-            series(&|p| p.quantile_us(0.5)),
-        ),
-        (
-            "model_cpu_vs_cpus.svg",
-            format!(
-                "model: CPU per event vs CPUs, load {:.0} %",
-                plot_load * 100.0
-            ),
+            vs_cpus(l, &|p| p.quantile_us(0.5)),
+            true,
+        ));
+        plots.push((
+            format!("model_cpu_vs_cpus_load{pct:.0}.svg"),
+            format!("model: CPU per event beyond the compute vs CPUs, load {pct:.0} %"),
             "CPUs (log)",
             "CPU per event (us, log)",
-            series(&|p| p.cpu_per_event_ns / 1000.0),
-        ),
-    ];
-    for (name, title, xd, yd, s) in &plots {
+            vs_cpus(l, &|p| p.cpu_per_event_ns / 1000.0),
+            true,
+        ));
+    }
+    let cmax = cpus.iter().copied().max().unwrap_or(1);
+    if loads.len() > 1 {
+        let series: report::Series = Mechanism::ALL
+            .iter()
+            .map(|&m| {
+                (
+                    m,
+                    preds
+                        .iter()
+                        .filter(|p| p.mechanism == m && p.params.cpus == cmax)
+                        .map(|p| (p.params.load * 100.0, p.quantile_us(0.5)))
+                        .collect(),
+                )
+            })
+            .collect();
+        plots.push((
+            format!("model_p50_vs_load_cpus{cmax}.svg"),
+            format!("model: p50 latency vs offered load, {cmax} CPUs"),
+            "offered load (%)",
+            "p50 latency (us, log)",
+            series,
+            false,
+        ));
+    }
+    let mut names = Vec::new();
+    for (name, title, xd, yd, s, log_x) in &plots {
         for dir in std::iter::once(out).chain(a.figures.as_ref()) {
             out_dir(dir)?;
-            report::line_plot(&dir.join(name), title, xd, yd, s, true, true)
+            report::line_plot(&dir.join(name), title, xd, yd, s, *log_x, true)
                 .map_err(|e| Failure(1, e))?;
         }
+        names.push(name.as_str());
     }
     println!();
     println!(
-        "wrote {}/model_sweep.csv, model_p50_vs_cpus.svg, model_cpu_vs_cpus.svg",
-        out.display()
+        "{} points in {:.1} s; wrote {}/{{model_sweep.csv, model_winners.csv, {}}}",
+        preds.len(),
+        t0.elapsed().as_secs_f64(),
+        out.display(),
+        names.join(", ")
     );
     Ok(())
 }

@@ -125,7 +125,7 @@ pub fn runs_csv(runs: &[RunResult]) -> String {
         "mechanism,servers,workers,cpus,load,compute_us,offered_per_s,achieved_per_s,events,\
          p50_us,p99_us,p999_us,max_us,cpu_per_event_us,vcsw_per_event,ivcsw_per_event,\
          woken,signalled,no_idle,raced,failed,adopted,server_wakeups,futile,late,rescues,\
-         mean_block_us\n",
+         mean_block_us,same_cpu_fraction,same_cpu_p50_us,cross_cpu_p50_us\n",
     );
     for r in runs {
         let c = &r.config;
@@ -138,7 +138,7 @@ pub fn runs_csv(runs: &[RunResult]) -> String {
         let w = &r.wakes;
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{:.1},{:.1},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{},{},{},{},{:.1}",
+            "{},{},{},{},{},{},{:.1},{:.1},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{},{},{},{},{:.1},{:.3},{:.3},{:.3}",
             r.mechanism.name(),
             c.servers,
             c.workers,
@@ -166,6 +166,9 @@ pub fn runs_csv(runs: &[RunResult]) -> String {
             r.late,
             r.rescues,
             r.mean_block_ns / 1000.0,
+            r.same_cpu_fraction(),
+            r.p50_same_cross_us().0,
+            r.p50_same_cross_us().1,
         );
     }
     s
@@ -380,40 +383,312 @@ pub fn cdf_points(h: &hdrhistogram::Histogram<u64>) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// The model's sweep as a text matrix: winner per (CPUs, load) among the mechanisms a kernel
-/// could ship (not `adopt`), with its p50 and how much better it is than the runner-up.
-pub fn sweep_table(preds: &[Prediction], cpus: &[usize], loads: &[f64]) -> String {
+/// What a winner map ranks by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    /// p50 latency.
+    P50,
+    /// CPU per event beyond the compute.
+    Cpu,
+}
+
+impl Metric {
+    fn of(self, p: &Prediction) -> f64 {
+        match self {
+            Metric::P50 => p.quantile_us(0.5),
+            Metric::Cpu => p.cpu_per_event_ns / 1000.0,
+        }
+    }
+}
+
+/// One cell of a winner map.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Winner {
+    /// CPUs.
+    pub cpus: usize,
+    /// Offered load.
+    pub load: f64,
+    /// The best wakeup mechanism (not `adopt`).
+    pub winner: Mechanism,
+    /// Its value (µs).
+    pub value: f64,
+    /// The list's value / the winner's (≥ 1); where the list wins, the runner-up's / the
+    /// list's.
+    pub ratio: f64,
+    /// The runner-up, where the list wins.
+    pub runner_up: Option<Mechanism>,
+}
+
+fn point(preds: &[Prediction], m: Mechanism, c: usize, l: f64) -> Option<&Prediction> {
+    preds
+        .iter()
+        .find(|p| p.mechanism == m && p.params.cpus == c && (p.params.load - l).abs() < 1e-9)
+}
+
+/// The winner map over (CPUs, load) among the mechanisms a kernel could ship (not `adopt`):
+/// a text matrix, and its cells. Saturated predictions ([`Prediction::saturated`]) cannot
+/// win; a cell where every mechanism saturates reads `saturated` and has no [`Winner`].
+pub fn winner_map(
+    preds: &[Prediction],
+    cpus: &[usize],
+    loads: &[f64],
+    metric: Metric,
+) -> (String, Vec<Winner>) {
     let mut s = String::new();
-    let _ = write!(s, "{:>6}", "CPUs");
+    let mut cells = Vec::new();
+    let _ = write!(s, "{:>5}", "CPUs");
     for l in loads {
-        let _ = write!(s, " | {:^28}", format!("load {:.0} %", l * 100.0));
+        let _ = write!(s, " {:>20}", format!("{:.0} %", l * 100.0));
     }
     s.push('\n');
     for &c in cpus {
-        let _ = write!(s, "{c:>6}");
+        let _ = write!(s, "{c:>5}");
         for &l in loads {
-            let mut cell: Vec<&Prediction> = preds
+            let all: Vec<&Prediction> = Mechanism::ALL
                 .iter()
-                .filter(|p| {
-                    p.params.cpus == c
-                        && (p.params.load - l).abs() < 1e-9
-                        && p.mechanism != Mechanism::Adopt
-                })
+                .filter(|&&m| m != Mechanism::Adopt)
+                .filter_map(|&m| point(preds, m, c, l))
                 .collect();
-            cell.sort_by(|a, b| a.quantile_us(0.5).total_cmp(&b.quantile_us(0.5)));
-            let txt = match cell.as_slice() {
-                [a, b, ..] => format!(
-                    "{} {:.1}us x{:.2}",
-                    a.mechanism.name(),
-                    a.quantile_us(0.5),
-                    b.quantile_us(0.5) / a.quantile_us(0.5).max(1e-3)
-                ),
-                [a] => format!("{} {:.1}us", a.mechanism.name(), a.quantile_us(0.5)),
-                [] => "-".into(),
+            let mut cell: Vec<&Prediction> =
+                all.iter().copied().filter(|p| !p.saturated()).collect();
+            cell.sort_by(|a, b| metric.of(a).total_cmp(&metric.of(b)));
+            let list = point(preds, Mechanism::List, c, l).map(|p| metric.of(p));
+            let txt = match (cell.as_slice(), list) {
+                ([w, r, ..], Some(lv)) => {
+                    let (ratio, runner_up) = if w.mechanism == Mechanism::List {
+                        (metric.of(r) / lv.max(1e-6), Some(r.mechanism))
+                    } else {
+                        (lv / metric.of(w).max(1e-6), None)
+                    };
+                    cells.push(Winner {
+                        cpus: c,
+                        load: l,
+                        winner: w.mechanism,
+                        value: metric.of(w),
+                        ratio,
+                        runner_up,
+                    });
+                    format!("{} x{:.2}", short(w.mechanism), ratio)
+                }
+                ([w], _) => {
+                    cells.push(Winner {
+                        cpus: c,
+                        load: l,
+                        winner: w.mechanism,
+                        value: metric.of(w),
+                        ratio: f64::INFINITY,
+                        runner_up: None,
+                    });
+                    format!("{} only", short(w.mechanism))
+                }
+                ([], _) if !all.is_empty() => "saturated".into(),
+                _ => "-".into(),
             };
-            let _ = write!(s, " | {txt:<28}");
+            let _ = write!(s, " {txt:>20}");
         }
         s.push('\n');
+    }
+    (s, cells)
+}
+
+/// A win by less than this factor over the runner-up is a tie: the model's own sampling
+/// noise at 20 000 arrivals per point is a few percent, and the calibration's more.
+pub const CLEAR_WIN: f64 = 1.10;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// The sweep's answer in a few lines: per wakeup mechanism (not `adopt`), the grid points it
+/// wins clearly by `metric` (by [`CLEAR_WIN`] or more over the best other unsaturated
+/// mechanism), where (CPU and load ranges), by how much (median margin), and at what price
+/// in the other metric (median of its value / the list's there); then how many points are
+/// ties and how many saturate.
+pub fn sweep_summary(
+    preds: &[Prediction],
+    cpus: &[usize],
+    loads: &[f64],
+    metric: Metric,
+) -> String {
+    let other = match metric {
+        Metric::P50 => Metric::Cpu,
+        Metric::Cpu => Metric::P50,
+    };
+    let mechs: Vec<Mechanism> = Mechanism::ALL
+        .into_iter()
+        .filter(|&m| m != Mechanism::Adopt)
+        .collect();
+    // (winner, cpus, load, margin, other metric vs list)
+    let mut wins: Vec<(Mechanism, usize, f64, f64, f64)> = Vec::new();
+    let (mut ties, mut saturated, mut total) = (0, 0, 0);
+    for &c in cpus {
+        for &l in loads {
+            let mut cell: Vec<&Prediction> = mechs
+                .iter()
+                .filter_map(|&m| point(preds, m, c, l))
+                .filter(|p| !p.saturated())
+                .collect();
+            total += 1;
+            cell.sort_by(|a, b| metric.of(a).total_cmp(&metric.of(b)));
+            match cell.as_slice() {
+                [] => saturated += 1,
+                [w] => wins.push((w.mechanism, c, l, f64::INFINITY, 1.0)),
+                [w, r, ..] => {
+                    let margin = metric.of(r) / metric.of(w).max(1e-6);
+                    if margin < CLEAR_WIN {
+                        ties += 1;
+                        continue;
+                    }
+                    let vs_list = point(preds, Mechanism::List, c, l)
+                        .map_or(f64::NAN, |li| other.of(w) / other.of(li).max(1e-6));
+                    wins.push((w.mechanism, c, l, margin, vs_list));
+                }
+            }
+        }
+    }
+    let mut s = String::new();
+    let (what, price) = match metric {
+        Metric::P50 => ("p50", "CPU/event"),
+        Metric::Cpu => ("CPU/event", "p50"),
+    };
+    for m in mechs {
+        let w: Vec<_> = wins.iter().filter(|x| x.0 == m).collect();
+        if w.is_empty() {
+            let _ = writeln!(s, "  {:<19} no clear win", m.name());
+            continue;
+        }
+        let cmin = w.iter().map(|x| x.1).min().unwrap_or(0);
+        let cmax = w.iter().map(|x| x.1).max().unwrap_or(0);
+        let lmin = w.iter().map(|x| x.2).fold(f64::INFINITY, f64::min);
+        let lmax = w.iter().map(|x| x.2).fold(0.0, f64::max);
+        let finite: Vec<f64> = w.iter().map(|x| x.3).filter(|x| x.is_finite()).collect();
+        let only = w.len() - finite.len();
+        let margin = if finite.is_empty() {
+            "as the only unsaturated one".to_string()
+        } else {
+            format!("by x{:.2} over the runner-up (median)", median(finite))
+        };
+        let _ = write!(
+            s,
+            "  {:<19} wins {:>3} of {total} points (CPUs {cmin}..{cmax}, load {:.0}..{:.0} %) {margin}",
+            m.name(),
+            w.len(),
+            lmin * 100.0,
+            lmax * 100.0,
+        );
+        if only > 0 && only < w.len() {
+            let _ = write!(s, " ({only} of them as the only unsaturated one)");
+        }
+        if m != Mechanism::List {
+            let p = median(w.iter().map(|x| x.4).collect());
+            let _ = write!(s, "; its {price} there: x{p:.2} the list's");
+        }
+        s.push('\n');
+    }
+    let _ = writeln!(
+        s,
+        "  ties (best {what} within x{CLEAR_WIN:.2} of the runner-up): {ties} of {total} points; \
+         every mechanism saturated: {saturated}"
+    );
+    s
+}
+
+/// A short name for matrices.
+fn short(m: Mechanism) -> &'static str {
+    match m {
+        Mechanism::EventFdPerServer => "eventfd/srv",
+        m => m.name(),
+    }
+}
+
+/// `adopt` against the list per (CPUs, load): list p50 / adopt p50 | list CPU / adopt CPU.
+pub fn adopt_table(preds: &[Prediction], cpus: &[usize], loads: &[f64]) -> String {
+    let mut s = String::new();
+    let _ = write!(s, "{:>5}", "CPUs");
+    for l in loads {
+        let _ = write!(s, " {:>14}", format!("{:.0} %", l * 100.0));
+    }
+    s.push('\n');
+    for &c in cpus {
+        let _ = write!(s, "{c:>5}");
+        for &l in loads {
+            let txt = match (
+                point(preds, Mechanism::List, c, l),
+                point(preds, Mechanism::Adopt, c, l),
+            ) {
+                (Some(li), Some(ad)) => format!(
+                    "x{:.0} | x{:.1}",
+                    li.quantile_us(0.5) / ad.quantile_us(0.5).max(1e-3),
+                    li.cpu_per_event_ns / ad.cpu_per_event_ns.max(1e-3)
+                ),
+                _ => "-".into(),
+            };
+            let _ = write!(s, " {txt:>14}");
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Every prediction: p50 | CPU per event (µs), one row per (CPUs, load); `*` marks a
+/// saturated one.
+pub fn prediction_table(preds: &[Prediction], cpus: &[usize], loads: &[f64]) -> String {
+    let mut s = String::new();
+    let _ = write!(s, "{:>5} {:>5}", "CPUs", "load");
+    for m in Mechanism::ALL {
+        let _ = write!(s, " {:>19}", m.name());
+    }
+    s.push('\n');
+    for &c in cpus {
+        for &l in loads {
+            let _ = write!(s, "{c:>5} {:>4.0}%", l * 100.0);
+            for m in Mechanism::ALL {
+                let txt = point(preds, m, c, l)
+                    .map(|p| {
+                        format!(
+                            "{}{:.1} | {:.1}",
+                            if p.saturated() { "*" } else { "" },
+                            p.quantile_us(0.5),
+                            p.cpu_per_event_ns / 1000.0
+                        )
+                    })
+                    .unwrap_or_else(|| "-".into());
+                let _ = write!(s, " {txt:>19}");
+            }
+            s.push('\n');
+        }
+    }
+    s
+}
+
+/// The two winner maps as CSV, one row per (CPUs, load) of the grid; `saturated` where every
+/// mechanism saturates.
+pub fn winners_csv(p50: &[Winner], cpu: &[Winner], cpus: &[usize], loads: &[f64]) -> String {
+    let mut s = String::from(
+        "cpus,load,p50_winner,p50_us,p50_ratio_vs_list,p50_runner_up,cpu_winner,cpu_us,\
+         cpu_ratio_vs_list,cpu_runner_up\n",
+    );
+    let cell = |v: &[Winner], c: usize, l: f64| -> String {
+        match v.iter().find(|w| w.cpus == c && (w.load - l).abs() < 1e-9) {
+            Some(w) => format!(
+                "{},{:.3},{:.3},{}",
+                w.winner.name(),
+                w.value,
+                w.ratio,
+                w.runner_up.map_or("", |m| m.name())
+            ),
+            None => "saturated,,,".into(),
+        }
+    };
+    for &c in cpus {
+        for &l in loads {
+            let _ = writeln!(s, "{c},{l},{},{}", cell(p50, c, l), cell(cpu, c, l));
+        }
     }
     s
 }
@@ -421,12 +696,13 @@ pub fn sweep_table(preds: &[Prediction], cpus: &[usize], loads: &[f64]) -> Strin
 /// Model predictions as CSV.
 pub fn predictions_csv(preds: &[Prediction]) -> String {
     let mut s = String::from(
-        "mechanism,cpus,load,compute_us,events,p50_us,p99_us,p999_us,cpu_per_event_us,wakeups,futile\n",
+        "mechanism,cpus,load,compute_us,events,p50_us,p99_us,p999_us,cpu_per_event_us,wakeups,\
+         futile,same_cpu_fraction,utilisation\n",
     );
     for p in preds {
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{},{}",
+            "{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{},{},{:.3},{:.3}",
             p.mechanism.name(),
             p.params.cpus,
             p.params.load,
@@ -437,7 +713,9 @@ pub fn predictions_csv(preds: &[Prediction]) -> String {
             p.quantile_us(0.999),
             p.cpu_per_event_ns / 1000.0,
             p.wakeups,
-            p.futile
+            p.futile,
+            p.same_cpu_fraction(),
+            p.utilisation()
         );
     }
     s

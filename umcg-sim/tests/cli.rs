@@ -85,19 +85,120 @@ fn calibrate_then_model_quick() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(stdout.contains("winner by p50"), "{stdout}");
-    assert!(out.join("model_sweep.csv").exists());
-    assert!(out.join("model_p50_vs_cpus.svg").exists());
+    assert!(
+        stdout.contains(out.join("calibration.txt").to_str().unwrap()),
+        "{stdout}"
+    );
+    let csv = std::fs::read_to_string(out.join("model_sweep.csv")).unwrap();
+    // Header + 2 CPU counts x 2 loads x 6 mechanisms.
+    assert_eq!(csv.lines().count(), 1 + 2 * 2 * 6, "{csv}");
+    assert!(out.join("model_p50_vs_cpus_load90.svg").exists());
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn model_sweep_has_the_grid_shape() {
+    let out = temp_dir("sweep");
+    // The built-in reference calibration (no file in `out`): no measurement needed.
+    let o = bin()
+        .args(["model", "--sweep", "--events", "400", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        stdout.contains("built-in reference calibration"),
+        "{stdout}"
+    );
+    // The answer: one line per wakeup mechanism and metric, then the ties.
+    let answer = stdout
+        .split("the sweep's answer")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no sweep answer in:\n{stdout}"));
+    for m in ["list", "epoll-excl", "eventfd-per-server", "herd", "slot"] {
+        let lines = answer
+            .lines()
+            .filter(|l| l.trim_start().starts_with(&format!("{m} ")))
+            .count();
+        assert_eq!(lines, 2, "{m} in:\n{answer}");
+    }
+    assert_eq!(answer.matches("of 80 points;").count(), 2, "{answer}");
+    let (cpus, loads, mechs) = (8, 10, 6);
+    let csv = std::fs::read_to_string(out.join("model_sweep.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(header[..3], ["mechanism", "cpus", "load"]);
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), cpus * loads * mechs);
+    assert!(rows.iter().all(|r| r.len() == header.len()));
+    let mut cs: Vec<&str> = rows.iter().map(|r| r[1]).collect();
+    cs.sort_by_key(|c| c.parse::<usize>().unwrap());
+    cs.dedup();
+    assert_eq!(cs, ["2", "4", "8", "16", "32", "64", "128", "256"]);
+    let winners = std::fs::read_to_string(out.join("model_winners.csv")).unwrap();
+    assert_eq!(winners.lines().count(), 1 + cpus * loads, "{winners}");
+    for f in [
+        "model_p50_vs_cpus_load10.svg",
+        "model_p50_vs_cpus_load50.svg",
+        "model_p50_vs_cpus_load90.svg",
+        "model_cpu_vs_cpus_load50.svg",
+        "model_p50_vs_load_cpus256.svg",
+    ] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn baseline_quick_writes_its_figures() {
+    let out = temp_dir("baseline");
+    let o = bin()
+        .args(["baseline", "--quick", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let csv = std::fs::read_to_string(out.join("baselines.csv")).unwrap();
+    for name in [
+        "futex_pingpong_same",
+        "wake1of1_futex_same",
+        "wake1of32_herd",
+        "list_claim_release",
+        "workload_L50",
+    ] {
+        assert!(
+            csv.lines().any(|l| l.starts_with(&format!("{name},"))),
+            "{name} missing in:\n{csv}"
+        );
+        assert!(stdout.contains(name), "{name} missing in:\n{stdout}");
+    }
     let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
 fn bad_arguments_are_explained_with_exit_code_2() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 11] = [
         (&["compare", "--loads", "1.5"], "strictly between 0 and 1"),
         (&["compare", "--mechanisms", "bogus"], "unknown mechanism"),
         (&["compare", "--workers", "0"], "not a positive integer"),
         (&["compare", "--servers", "4096"], "--yes"),
         (&["frobnicate"], "unrecognized subcommand"),
+        (&["model", "--cpus", "0"], "from 1 to 4096"),
+        (&["model", "--cpus", "2,100000"], "from 1 to 4096"),
+        (&["model", "--load", "1.5"], "strictly between 0 and 1"),
+        (&["model", "--load", "0.5,nan"], "strictly between 0 and 1"),
+        (&["model", "--events", "0"], "from 1 to 10000000"),
+        (&["model", "--sweep", "--cpus", "4"], "cannot be used with"),
     ];
     for (args, needle) in cases {
         let o = bin().args(args).output().unwrap();
@@ -113,7 +214,7 @@ fn bad_calibration_file_is_reported() {
     let out = temp_dir("badcal");
     std::fs::create_dir_all(&out).unwrap();
     let cal = out.join("cal.txt");
-    std::fs::write(&cal, "syscall = lots\n").unwrap();
+    std::fs::write(&cal, "futex_same_lat = lots\n").unwrap();
     let o = bin()
         .args(["model", "--quick", "--calibration"])
         .arg(&cal)

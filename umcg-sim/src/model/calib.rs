@@ -1,83 +1,176 @@
 //! The calibration file: the costs the model charges, measured on this machine by
-//! `umcg-sim calibrate` (from [`crate::baseline`]), as `key = value` lines in ns.
+//! `umcg-sim calibrate` (or by `umcg-sim compare` in the same run as its experiments) from
+//! [`crate::baseline`], as `key = value` lines.
+//!
+//! Every value is a measured baseline figure (the key's doc names it); none is fitted to the
+//! experiments the model is validated against. Values are ns, except `stay_on_busy_pct`
+//! (percent).
 //!
 //! Format: one `key = value` per line; `#` starts a comment; blank lines are ignored; values
-//! are non-negative decimal numbers (ns). Unknown keys are an error (a typo would otherwise
-//! silently fall back), and so is a missing key. Keys with a `_K` suffix are "wake one of K
-//! idle threads" figures at K = 2, 8 and 32; the model interpolates linearly in K between
-//! them and extrapolates with the last segment's slope.
+//! are non-negative decimal numbers. Unknown keys are an error (a typo would otherwise
+//! silently fall back), and so is a missing key.
+//!
+//! Interpolation: `*_call_K` keys (K = 2, 8, 32 sleepers) are interpolated linearly in K and
+//! extrapolated with the last segment's slope; `workload_cpu_L` keys (L = 10 … 90 % load) are
+//! interpolated linearly in the load and held constant outside 10 … 90 %.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::baseline::Baseline;
+use crate::baseline::{Baseline, WORKLOAD_LOADS};
 
 /// The K at which the one-of-K figures are measured.
 pub const KS: [usize; 3] = [2, 8, 32];
 
-/// Costs in ns. See [`Calibration::KEYS`] for what each means.
+/// Costs. See [`Calibration::KEYS`] for what each means.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Calibration {
     values: BTreeMap<&'static str, f64>,
 }
 
+/// The baseline each key is read from and which of its figures (`p50` or `cpu`).
+const SOURCES: [(&str, &str, Fig); 29] = [
+    ("futex_same_lat", "wake1of1_futex_same", Fig::P50),
+    ("futex_same_call", "wake1of1_futex_same_wakercall", Fig::P50),
+    ("futex_same_wakee", "wake1of1_futex_same", Fig::Cpu),
+    ("futex_cross_lat", "wake1of1_futex_cross", Fig::P50),
+    (
+        "futex_cross_call",
+        "wake1of1_futex_cross_wakercall",
+        Fig::P50,
+    ),
+    ("futex_cross_wakee", "wake1of1_futex_cross", Fig::Cpu),
+    ("epoll_same_lat", "wake1of1_epoll_same", Fig::P50),
+    ("epoll_same_call", "wake1of1_epoll_same_wakercall", Fig::P50),
+    ("epoll_same_wakee", "wake1of1_epoll_same", Fig::Cpu),
+    ("epoll_cross_lat", "wake1of1_epoll_cross", Fig::P50),
+    (
+        "epoll_cross_call",
+        "wake1of1_epoll_cross_wakercall",
+        Fig::P50,
+    ),
+    ("epoll_cross_wakee", "wake1of1_epoll_cross", Fig::Cpu),
+    ("excl_call_2", "wake1of2_epollexclusive_wakercall", Fig::P50),
+    ("excl_call_8", "wake1of8_epollexclusive_wakercall", Fig::P50),
+    (
+        "excl_call_32",
+        "wake1of32_epollexclusive_wakercall",
+        Fig::P50,
+    ),
+    ("herd_call_2", "wake1of2_herd_wakercall", Fig::P50),
+    ("herd_call_8", "wake1of8_herd_wakercall", Fig::P50),
+    ("herd_call_32", "wake1of32_herd_wakercall", Fig::P50),
+    ("fd_write_nowaiter", "eventfd_write_nowaiter", Fig::P50),
+    ("fd_stale", "epoll_stale_wakeup", Fig::P50),
+    ("claim_release", "list_claim_release", Fig::P50),
+    ("migrate_lat", "migrate", Fig::P50),
+    ("migrate_cpu", "migrate", Fig::Cpu),
+    ("stay_on_busy_pct", "stay_on_busy_pct", Fig::P50),
+    ("workload_cpu_10", "workload_L10", Fig::Cpu),
+    ("workload_cpu_30", "workload_L30", Fig::Cpu),
+    ("workload_cpu_50", "workload_L50", Fig::Cpu),
+    ("workload_cpu_70", "workload_L70", Fig::Cpu),
+    ("workload_cpu_90", "workload_L90", Fig::Cpu),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fig {
+    P50,
+    Cpu,
+}
+
 impl Calibration {
-    /// Every key with its meaning.
-    pub const KEYS: [(&'static str, &'static str); 30] = [
-        ("syscall", "enter and leave the kernel (gettid)"),
+    /// Every key with its meaning (the baseline it is measured by, [`crate::baseline`]).
+    pub const KEYS: [(&'static str, &'static str); 29] = [
         (
-            "futex_same",
-            "futex handoff, both threads on one CPU (half a ping-pong round trip)",
+            "futex_same_lat",
+            "a thread just woken from a timed sleep (an unblocking worker) wakes a thread in \
+             FUTEX_WAIT on its own CPU: latency from its timestamp to the wakee running",
         ),
-        ("futex_cross", "futex handoff across CPUs"),
-        ("eventfd_same", "blocking-eventfd handoff, one CPU"),
-        ("eventfd_cross", "blocking-eventfd handoff across CPUs"),
-        ("epoll_same", "eventfd-behind-epoll handoff, one CPU"),
-        ("epoll_cross", "eventfd-behind-epoll handoff across CPUs"),
+        ("futex_same_call", "same: the waker's FUTEX_WAKE call"),
+        (
+            "futex_same_wakee",
+            "same: the woken thread's CPU per wakeup, until it sleeps again",
+        ),
+        (
+            "futex_cross_lat",
+            "the same wakeup of a thread on another, idle (halted) CPU: latency",
+        ),
+        (
+            "futex_cross_call",
+            "same: the waker's FUTEX_WAKE call (it sends the wakeup IPI)",
+        ),
+        (
+            "futex_cross_wakee",
+            "same: the woken thread's CPU per wakeup (woken on a halted CPU)",
+        ),
+        (
+            "epoll_same_lat",
+            "as futex_same_lat, the wakee in epoll_wait on its own eventfd, woken by a write",
+        ),
+        ("epoll_same_call", "same: the waker's eventfd write"),
+        (
+            "epoll_same_wakee",
+            "same: the woken thread's CPU per wakeup",
+        ),
+        (
+            "epoll_cross_lat",
+            "as futex_cross_lat, through epoll + eventfd",
+        ),
+        ("epoll_cross_call", "same: the waker's eventfd write"),
+        (
+            "epoll_cross_wakee",
+            "same: the woken thread's CPU per wakeup",
+        ),
+        (
+            "excl_call_2",
+            "eventfd write to 2 sleepers on another CPU, each in an epoll with EPOLLEXCLUSIVE",
+        ),
+        ("excl_call_8", "same, 8 sleepers"),
+        ("excl_call_32", "same, 32 sleepers"),
+        (
+            "herd_call_2",
+            "eventfd write to 2 sleepers on another CPU, epoll without EPOLLEXCLUSIVE (all wake)",
+        ),
+        ("herd_call_8", "same, 8 sleepers"),
+        ("herd_call_32", "same, 32 sleepers"),
+        (
+            "fd_write_nowaiter",
+            "an eventfd write that nobody waits for",
+        ),
+        (
+            "fd_stale",
+            "a stale wakeup: epoll_wait returning at once for a count nobody consumed, + drain",
+        ),
         (
             "claim_release",
-            "tag-bit list pop + reclaim + push (adopt's cost instead of a wake)",
+            "tag-bit list pop + reclaim + push (a user-space claim attempt)",
         ),
         (
-            "timed_wake_cpu",
-            "CPU of one timed sleep-and-wake of a thread (every worker, every event)",
+            "migrate_lat",
+            "adopt: a thread pins itself to another, idle CPU: latency until it runs there",
         ),
         (
-            "futex_lat_2",
-            "wake one of 2 by targeted FUTEX_WAKE: latency",
+            "migrate_cpu",
+            "same: the thread's CPU for the move and for widening its affinity again",
         ),
-        ("futex_lat_8", "same, K = 8"),
-        ("futex_lat_32", "same, K = 32"),
-        ("futex_cpu_2", "same: woken threads' CPU per wakeup"),
-        ("futex_cpu_8", "same, K = 8"),
-        ("futex_cpu_32", "same, K = 32"),
-        ("futex_call_2", "same: the waker's FUTEX_WAKE call"),
         (
-            "excl_lat_2",
-            "wake one of 2 by shared eventfd + EPOLLEXCLUSIVE: latency",
+            "stay_on_busy_pct",
+            "percent of timer wakeups of a thread whose previous CPU is busy that run there \
+             although another CPU is idle (the scheduler's placement)",
         ),
-        ("excl_lat_8", "same, K = 8"),
-        ("excl_lat_32", "same, K = 32"),
-        ("excl_cpu_2", "same: woken threads' CPU per wakeup"),
-        ("excl_cpu_8", "same, K = 8"),
-        ("excl_cpu_32", "same, K = 32"),
-        ("excl_call_2", "same: the waker's eventfd write"),
         (
-            "herd_lat_2",
-            "wake one of 2, shared eventfd without EPOLLEXCLUSIVE: latency",
+            "workload_cpu_10",
+            "the workload's own CPU per event at 10 % load: workers' timed sleeps and wakes, \
+             the compute in their own threads, no servers and no wakeups",
         ),
-        ("herd_lat_8", "same, K = 8"),
-        ("herd_lat_32", "same, K = 32"),
-        ("herd_cpu_2", "same: all woken threads' CPU per wakeup"),
-        ("herd_cpu_8", "same, K = 8"),
-        ("herd_cpu_32", "same, K = 32"),
-        (
-            "herd_call_32",
-            "same: the waker's eventfd write with 32 waiters",
-        ),
+        ("workload_cpu_30", "same, 30 % load"),
+        ("workload_cpu_50", "same, 50 % load"),
+        ("workload_cpu_70", "same, 70 % load"),
+        ("workload_cpu_90", "same, 90 % load"),
     ];
 
-    /// The value of `key` (ns); 0 for a key that is not in [`Calibration::KEYS`].
+    /// The value of `key`; 0 for a key that is not in [`Calibration::KEYS`].
     pub fn get(&self, key: &str) -> f64 {
         self.values.get(key).copied().unwrap_or(0.0)
     }
@@ -95,87 +188,85 @@ impl Calibration {
         (v[i] + slope * (k - k0)).max(0.0)
     }
 
-    /// Figures from LIMITS.md (KVM guest, 2 vCPUs), for a model run without a calibration
-    /// file. The CLI says when it uses them.
-    pub fn limits_md() -> Calibration {
+    /// `workload_cpu_L` interpolated at `load` (a fraction; see the module doc).
+    pub fn workload_cpu(&self, load: f64) -> f64 {
+        let pts: Vec<(f64, f64)> = WORKLOAD_LOADS
+            .iter()
+            .map(|&l| (l, self.get(&format!("workload_cpu_{:.0}", l * 100.0))))
+            .collect();
+        let (first, last) = (pts[0], pts[pts.len() - 1]);
+        if load <= first.0 {
+            return first.1;
+        }
+        if load >= last.0 {
+            return last.1;
+        }
+        for w in pts.windows(2) {
+            let ((l0, v0), (l1, v1)) = (w[0], w[1]);
+            if load <= l1 {
+                return v0 + (v1 - v0) * (load - l0) / (l1 - l0);
+            }
+        }
+        last.1
+    }
+
+    /// A reference calibration: `umcg-sim calibrate` on the project's CI-class machine (KVM
+    /// guest, 2 vCPUs, guest haltpoll with `guest_halt_poll_ns=0`, kernel 6.18), quiet. For
+    /// model runs without a calibration file (the CLI says when it uses it) and for tests.
+    pub fn reference() -> Calibration {
         let pairs = [
-            ("syscall", 110.0),
-            ("futex_same", 900.0),
-            ("futex_cross", 5_200.0),
-            ("eventfd_same", 1_150.0),
-            ("eventfd_cross", 5_050.0),
-            ("epoll_same", 1_600.0),
-            ("epoll_cross", 6_150.0),
-            ("claim_release", 60.0),
-            ("timed_wake_cpu", 3_000.0),
-            ("futex_lat_2", 5_700.0),
-            ("futex_lat_8", 5_800.0),
-            ("futex_lat_32", 5_400.0),
-            ("futex_cpu_2", 4_400.0),
-            ("futex_cpu_8", 4_600.0),
-            ("futex_cpu_32", 4_100.0),
-            ("futex_call_2", 1_000.0),
-            ("excl_lat_2", 5_800.0),
-            ("excl_lat_8", 7_900.0),
-            ("excl_lat_32", 8_600.0),
-            ("excl_cpu_2", 4_700.0),
-            ("excl_cpu_8", 6_400.0),
-            ("excl_cpu_32", 7_600.0),
-            ("excl_call_2", 1_100.0),
-            ("herd_lat_2", 8_600.0),
-            ("herd_lat_8", 16_000.0),
-            ("herd_lat_32", 76_000.0),
-            ("herd_cpu_2", 8_800.0),
-            ("herd_cpu_8", 19_000.0),
-            ("herd_cpu_32", 73_000.0),
-            ("herd_call_32", 10_000.0),
+            ("futex_same_lat", 2_400.0),
+            ("futex_same_call", 1_700.0),
+            ("futex_same_wakee", 1_600.0),
+            ("futex_cross_lat", 31_000.0),
+            ("futex_cross_call", 12_000.0),
+            ("futex_cross_wakee", 10_000.0),
+            ("epoll_same_lat", 3_300.0),
+            ("epoll_same_call", 2_000.0),
+            ("epoll_same_wakee", 2_400.0),
+            ("epoll_cross_lat", 32_000.0),
+            ("epoll_cross_call", 12_200.0),
+            ("epoll_cross_wakee", 11_000.0),
+            ("excl_call_2", 12_200.0),
+            ("excl_call_8", 12_200.0),
+            ("excl_call_32", 12_300.0),
+            ("herd_call_2", 12_300.0),
+            ("herd_call_8", 14_700.0),
+            ("herd_call_32", 49_800.0),
+            ("fd_write_nowaiter", 150.0),
+            ("fd_stale", 600.0),
+            ("claim_release", 50.0),
+            ("migrate_lat", 30_000.0),
+            ("migrate_cpu", 20_000.0),
+            ("stay_on_busy_pct", 25.0),
+            ("workload_cpu_10", 17_000.0),
+            ("workload_cpu_30", 12_300.0),
+            ("workload_cpu_50", 9_900.0),
+            ("workload_cpu_70", 9_000.0),
+            ("workload_cpu_90", 8_500.0),
         ];
         Calibration {
             values: pairs.into_iter().collect(),
         }
     }
 
-    /// From baselines measured in one run ([`crate::baseline::run_all`]); `None` names the
+    /// From baselines measured in one run ([`crate::baseline::run_all`]); the error names the
     /// first figure that is missing (e.g. cross-CPU ones on a one-CPU machine).
     pub fn from_baselines(b: &[Baseline]) -> Result<Calibration, String> {
-        let find = |name: &str| b.iter().find(|x| x.name == name);
         let mut values = BTreeMap::new();
-        for (key, _) in Self::KEYS {
-            let v = match key {
-                "syscall" => find("syscall_gettid").map(|x| x.p50_ns),
-                "claim_release" => find("list_claim_release").map(|x| x.p50_ns),
-                "timed_wake_cpu" => find("timed_sleep_wake").map(|x| x.cpu_ns),
-                k if k.starts_with("futex_same") || k.starts_with("futex_cross") => {
-                    find(&format!("futex_pingpong_{}", &k[6..])).map(|x| x.p50_ns)
-                }
-                k if k.starts_with("eventfd_") => {
-                    find(&format!("eventfd_pingpong_{}", &k[8..])).map(|x| x.p50_ns)
-                }
-                k if k.starts_with("epoll_") => {
-                    find(&format!("epoll_eventfd_pingpong_{}", &k[6..])).map(|x| x.p50_ns)
-                }
-                k => {
-                    let (kind, rest) = k.split_once('_').unwrap_or((k, ""));
-                    let (what, kk) = rest.split_once('_').unwrap_or((rest, ""));
-                    let kind = match kind {
-                        "futex" => "futex",
-                        "excl" => "epollexclusive",
-                        _ => "herd",
-                    };
-                    let base = format!("wake1of{kk}_{kind}");
-                    match what {
-                        "lat" => find(&base).map(|x| x.p50_ns),
-                        "cpu" => find(&base).map(|x| x.cpu_ns),
-                        _ => find(&format!("{base}_wakercall")).map(|x| x.p50_ns),
-                    }
-                }
+        for (key, name, fig) in SOURCES {
+            let Some(x) = b.iter().find(|x| x.name == name) else {
+                return Err(format!(
+                    "baseline `{name}` for calibration key `{key}` is missing"
+                ));
             };
-            match v {
-                Some(v) => {
-                    values.insert(key, v);
-                }
-                None => return Err(format!("baseline for calibration key `{key}` is missing")),
-            }
+            values.insert(
+                key,
+                match fig {
+                    Fig::P50 => x.p50_ns,
+                    Fig::Cpu => x.cpu_ns,
+                },
+            );
         }
         Ok(Calibration { values })
     }
@@ -186,7 +277,7 @@ impl Calibration {
         for l in header.lines() {
             let _ = writeln!(s, "# {l}");
         }
-        let _ = writeln!(s, "# all values in ns");
+        let _ = writeln!(s, "# values in ns, except stay_on_busy_pct (percent)");
         for (key, what) in Self::KEYS {
             let _ = writeln!(s, "{key} = {:.0}  # {what}", self.get(key));
         }
@@ -215,9 +306,10 @@ impl Calibration {
                 .parse()
                 .ok()
                 .filter(|x: &f64| x.is_finite() && *x >= 0.0)
-                .ok_or_else(|| {
-                    format!("line {}: `{v}` is not a non-negative number of ns", n + 1)
-                })?;
+                .ok_or_else(|| format!("line {}: `{v}` is not a non-negative number", n + 1))?;
+            if key == "stay_on_busy_pct" && val > 100.0 {
+                return Err(format!("line {}: `{v}` is not a percentage", n + 1));
+            }
             values.insert(key, val);
         }
         if let Some((key, _)) = Self::KEYS.iter().find(|(k, _)| !values.contains_key(k)) {
@@ -232,27 +324,51 @@ mod tests {
     use super::*;
 
     #[test]
+    fn keys_and_sources_agree() {
+        for ((k, _), (s, _, _)) in Calibration::KEYS.iter().zip(SOURCES.iter()) {
+            assert_eq!(k, s);
+        }
+        let c = Calibration::reference();
+        for (k, _) in Calibration::KEYS {
+            assert!(c.values.contains_key(k), "{k}");
+        }
+    }
+
+    #[test]
     fn round_trip_and_interpolation() {
-        let c = Calibration::limits_md();
+        let c = Calibration::reference();
         let text = c.to_text("test\nsecond line");
         let back = Calibration::parse(&text).unwrap();
         assert_eq!(back, c);
-        assert_eq!(c.at_k("herd_lat", 2), 8_600.0);
-        assert_eq!(c.at_k("herd_lat", 1), 8_600.0);
-        assert_eq!(c.at_k("herd_lat", 32), 76_000.0);
-        assert_eq!(c.at_k("herd_lat", 20), 46_000.0);
-        assert_eq!(c.at_k("herd_lat", 56), 136_000.0);
+        assert_eq!(c.at_k("herd_call", 2), 12_300.0);
+        assert_eq!(c.at_k("herd_call", 1), 12_300.0);
+        assert_eq!(c.at_k("herd_call", 32), 49_800.0);
+        assert_eq!(c.at_k("herd_call", 8), 14_700.0);
+        // Beyond 32: the 8..32 slope.
+        let slope = (49_800.0 - 14_700.0) / 24.0;
+        assert!((c.at_k("herd_call", 64) - (49_800.0 + 32.0 * slope)).abs() < 1e-6);
+        assert_eq!(c.workload_cpu(0.05), 17_000.0);
+        assert_eq!(c.workload_cpu(0.2), (17_000.0 + 12_300.0) / 2.0);
+        assert_eq!(c.workload_cpu(0.95), 8_500.0);
+    }
+
+    #[test]
+    fn from_baselines_names_the_missing_one() {
+        let e = Calibration::from_baselines(&[]).unwrap_err();
+        assert!(e.contains("wake1of1_futex_same"), "{e}");
     }
 
     #[test]
     fn parse_errors_name_the_line() {
-        let e = Calibration::parse("syscall 5").unwrap_err();
+        let e = Calibration::parse("futex_same_lat 5").unwrap_err();
         assert!(e.contains("line 1") && e.contains("key = value"), "{e}");
         let e = Calibration::parse("# c\nbogus = 1").unwrap_err();
         assert!(e.contains("line 2") && e.contains("unknown key"), "{e}");
-        let e = Calibration::parse("syscall = -3").unwrap_err();
+        let e = Calibration::parse("futex_same_lat = -3").unwrap_err();
         assert!(e.contains("non-negative"), "{e}");
-        let e = Calibration::parse("syscall = 100").unwrap_err();
+        let e = Calibration::parse("stay_on_busy_pct = 300").unwrap_err();
+        assert!(e.contains("percentage"), "{e}");
+        let e = Calibration::parse("futex_same_lat = 100").unwrap_err();
         assert!(e.contains("missing key"), "{e}");
     }
 }
