@@ -523,6 +523,42 @@ pub fn list_claim_release_ns(iters: usize) -> f64 {
     h.value_at_quantile(0.5) as f64
 }
 
+/// `adopt`'s start path as the harness runs it, ns (p50): from the unblocking worker's
+/// timestamp, just back from a timed sleep (`nap`), through its CPU lookup, the claim of an
+/// idle server of the `adopt` mechanism, the claim counter and the same-CPU check, to the
+/// worker's start timestamp. The claimed server is on `cpu`, the thread's own CPU (no
+/// migration). What `adopt`'s same-CPU latency is, with the caches as a woken worker finds
+/// them.
+pub fn adopt_claim_path_ns(cpu: usize, iters: usize, nap: Duration) -> f64 {
+    let h = std::thread::spawn(move || {
+        if sys::pin_to_cpu(cpu).is_err() {
+            return 0.0;
+        }
+        tight_timer_slack();
+        let Ok(m) = crate::build(crate::Mechanism::Adopt, 1, &[cpu]) else {
+            return 0.0;
+        };
+        let claims = AtomicU64::new(0);
+        let w = AtomicU32::new(0);
+        let mut h = new_histogram();
+        for _ in 0..iters.max(1) {
+            let _ = sys::futex_wait(&w, 0, Some(Deadline::after(nap)));
+            // As `Shared::worker` then `Shared::unblock`, `move_to` and `run` in the harness.
+            let ts = now_ns();
+            let me = std::hint::black_box(sys::current_cpu());
+            let Some(tok) = m.claim() else { continue };
+            claims.fetch_add(1, Ordering::Relaxed);
+            let moved = m.server_cpu(tok).is_some_and(|c| c != sys::current_cpu());
+            let start = now_ns();
+            std::hint::black_box((me, moved));
+            h.saturating_record(start.saturating_sub(ts).max(1));
+            m.release(tok);
+        }
+        h.value_at_quantile(0.5) as f64
+    });
+    h.join().unwrap_or(0.0)
+}
+
 /// The loads at which [`workload_cpu_ns`] is measured (the calibration's `workload_cpu_*`).
 pub const WORKLOAD_LOADS: [f64; 5] = [0.1, 0.3, 0.5, 0.7, 0.9];
 
@@ -641,6 +677,13 @@ fn run_all_pinned(iters: usize, w: &WorkloadSpec, mut progress: impl FnMut(&str)
     out.push(one("syscall_gettid", "one thread".into(), s));
     let c = list_claim_release_ns(iters * 10);
     out.push(one("list_claim_release", "one thread".into(), c));
+    progress("adopt_claim_path");
+    let c = adopt_claim_path_ns(a, (iters / 3).max(50), Duration::from_micros(50));
+    out.push(one(
+        "adopt_claim_path",
+        format!("one thread, CPU {a}, after 50 us naps"),
+        c,
+    ));
     if let Ok((wr, st)) = fd_write_and_stale(iters * 10) {
         out.push(one("eventfd_write_nowaiter", "one thread".into(), wr));
         out.push(one("epoll_stale_wakeup", "one thread".into(), st));

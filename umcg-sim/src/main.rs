@@ -500,33 +500,17 @@ fn compare(a: &CompareArgs) -> Result<(), Failure> {
 /// The validation target: the largest |error| allowed at the main load, percent.
 const TARGET_PCT: f64 = 25.0;
 
-/// Model vs real at the runs' CPU count: p50, CPU per event and the same-CPU fraction, with
-/// the errors; the main load is the target, the other loads are shown for information.
+/// Model vs real at the runs' CPU count: the target (p50 and CPU per event, with the errors;
+/// the main load is the target, the other loads are shown for information), then placement:
+/// the fraction of events started on the CPU their worker unblocked on and the p50 of each
+/// part, real against model, which says which part of a p50 error is the mix and which the
+/// latency of one mode.
 fn validate(runs: &[RunResult], main_load: f64, cal: &Calibration, quick: bool) -> String {
     use std::fmt::Write as _;
-    let mut s = String::new();
-    let header = |s: &mut String| {
-        let _ = writeln!(
-            s,
-            "{:<19} {:>5} {:>9} {:>9} {:>7}   {:>9} {:>9} {:>7}   {:>11}",
-            "mechanism",
-            "load",
-            "real p50",
-            "model p50",
-            "error",
-            "real CPU",
-            "model CPU",
-            "error",
-            "same CPU"
-        );
-    };
-    let rows = |s: &mut String, main: bool| -> f64 {
-        let mut worst: f64 = 0.0;
-        for r in runs {
-            let is_main = (r.config.load - main_load).abs() < 1e-9;
-            if is_main != main {
-                continue;
-            }
+    let err = |m: f64, r: f64| (m - r) / r.max(1e-3) * 100.0;
+    let pairs: Vec<(&RunResult, model::Prediction)> = runs
+        .iter()
+        .map(|r| {
             let p = Params {
                 cpus: r.config.capacity(),
                 load: r.config.load,
@@ -534,15 +518,26 @@ fn validate(runs: &[RunResult], main_load: f64, cal: &Calibration, quick: bool) 
                 events: if quick { 5_000 } else { 50_000 },
                 seed: r.config.seed,
             };
-            let m = model::simulate(r.mechanism, &p, cal);
+            (r, model::simulate(r.mechanism, &p, cal))
+        })
+        .collect();
+    let is_main = |r: &RunResult| (r.config.load - main_load).abs() < 1e-9;
+    let mut s = String::new();
+    let target = |s: &mut String, main: bool| -> f64 {
+        let _ = writeln!(
+            s,
+            "{:<19} {:>5} {:>9} {:>9} {:>7}   {:>9} {:>9} {:>7}",
+            "mechanism", "load", "real p50", "model p50", "error", "real CPU", "model CPU", "error",
+        );
+        let mut worst: f64 = 0.0;
+        for (r, m) in pairs.iter().filter(|(r, _)| is_main(r) == main) {
             let (rp, mp) = (r.quantile_us(0.5), m.quantile_us(0.5));
             let (rc, mc) = (r.cpu_per_event_ns() / 1000.0, m.cpu_per_event_ns / 1000.0);
-            let e1 = (mp - rp) / rp.max(1e-3) * 100.0;
-            let e2 = (mc - rc) / rc.max(1e-3) * 100.0;
+            let (e1, e2) = (err(mp, rp), err(mc, rc));
             worst = worst.max(e1.abs()).max(e2.abs());
             let _ = writeln!(
                 s,
-                "{:<19} {:>4.0}% {:>7.1}us {:>7.1}us {:>+6.0}%   {:>7.2}us {:>7.2}us {:>+6.0}%   {:>4.2} / {:>4.2}",
+                "{:<19} {:>4.0}% {:>7.2}us {:>7.2}us {:>+6.0}%   {:>7.2}us {:>7.2}us {:>+6.0}%",
                 r.mechanism.name(),
                 r.config.load * 100.0,
                 rp,
@@ -551,14 +546,36 @@ fn validate(runs: &[RunResult], main_load: f64, cal: &Calibration, quick: bool) 
                 rc,
                 mc,
                 e2,
-                r.same_cpu_fraction(),
-                m.same_cpu_fraction(),
             );
         }
         worst
     };
-    header(&mut s);
-    let worst = rows(&mut s, true);
+    let placement = |s: &mut String, main: bool| {
+        let _ = writeln!(
+            s,
+            "{:<19} {:>5}   {:>11}   {:>19} {:>7}   {:>19} {:>7}",
+            "mechanism", "load", "same CPU", "p50 same-CPU", "error", "p50 cross-CPU", "error",
+        );
+        for (r, m) in pairs.iter().filter(|(r, _)| is_main(r) == main) {
+            let (rs, rx) = r.p50_same_cross_us();
+            let (ms, mx) = m.p50_same_cross_us();
+            let _ = writeln!(
+                s,
+                "{:<19} {:>4.0}%   {:>4.2} / {:>4.2}   {:>7.2} / {:>7.2}us {:>+6.0}%   {:>7.2} / {:>7.2}us {:>+6.0}%",
+                r.mechanism.name(),
+                r.config.load * 100.0,
+                r.same_cpu_fraction(),
+                m.same_cpu_fraction(),
+                rs,
+                ms,
+                err(ms, rs),
+                rx,
+                mx,
+                err(mx, rx),
+            );
+        }
+    };
+    let worst = target(&mut s, true);
     let _ = writeln!(
         s,
         "largest error at {:.0} % load: {worst:.0} % ({} the {TARGET_PCT:.0} % target)",
@@ -569,20 +586,25 @@ fn validate(runs: &[RunResult], main_load: f64, cal: &Calibration, quick: bool) 
             "OUTSIDE"
         }
     );
+    let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "(same CPU = fraction of events started on the CPU their worker unblocked on, real / \
-         model: the model's structure, not a target)"
+        "placement at {:.0} % load (real / model; not the target: where a p50 error comes from):",
+        main_load * 100.0
     );
-    if runs
-        .iter()
-        .any(|r| (r.config.load - main_load).abs() >= 1e-9)
-    {
+    placement(&mut s, true);
+    let _ = writeln!(
+        s,
+        "(same CPU = fraction of events started on the CPU their worker unblocked on; p50 \
+         same-CPU / cross-CPU = p50 of those events and of the others)"
+    );
+    if pairs.iter().any(|(r, _)| !is_main(r)) {
         let _ = writeln!(s);
         let _ = writeln!(s, "other loads (information, not the target):");
-        header(&mut s);
-        let worst_other = rows(&mut s, false);
+        let worst_other = target(&mut s, false);
         let _ = writeln!(s, "largest error at the other loads: {worst_other:.0} %");
+        let _ = writeln!(s);
+        placement(&mut s, false);
     }
     s
 }

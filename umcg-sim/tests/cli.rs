@@ -174,6 +174,7 @@ fn baseline_quick_writes_its_figures() {
         "wake1of1_futex_same",
         "wake1of32_herd",
         "list_claim_release",
+        "adopt_claim_path",
         "workload_L50",
     ] {
         assert!(

@@ -29,7 +29,7 @@ pub struct Calibration {
 }
 
 /// The baseline each key is read from and which of its figures (`p50` or `cpu`).
-const SOURCES: [(&str, &str, Fig); 29] = [
+const SOURCES: [(&str, &str, Fig); 30] = [
     ("futex_same_lat", "wake1of1_futex_same", Fig::P50),
     ("futex_same_call", "wake1of1_futex_same_wakercall", Fig::P50),
     ("futex_same_wakee", "wake1of1_futex_same", Fig::Cpu),
@@ -63,6 +63,7 @@ const SOURCES: [(&str, &str, Fig); 29] = [
     ("fd_write_nowaiter", "eventfd_write_nowaiter", Fig::P50),
     ("fd_stale", "epoll_stale_wakeup", Fig::P50),
     ("claim_release", "list_claim_release", Fig::P50),
+    ("adopt_path", "adopt_claim_path", Fig::P50),
     ("migrate_lat", "migrate", Fig::P50),
     ("migrate_cpu", "migrate", Fig::Cpu),
     ("stay_on_busy_pct", "stay_on_busy_pct", Fig::P50),
@@ -81,7 +82,7 @@ enum Fig {
 
 impl Calibration {
     /// Every key with its meaning (the baseline it is measured by, [`crate::baseline`]).
-    pub const KEYS: [(&'static str, &'static str); 29] = [
+    pub const KEYS: [(&'static str, &'static str); 30] = [
         (
             "futex_same_lat",
             "a thread just woken from a timed sleep (an unblocking worker) wakes a thread in \
@@ -145,6 +146,11 @@ impl Calibration {
         (
             "claim_release",
             "tag-bit list pop + reclaim + push (a user-space claim attempt)",
+        ),
+        (
+            "adopt_path",
+            "adopt: the harness's path from a worker's timestamp after its timed sleep \
+             through the claim of its own CPU's idle server to its start timestamp",
         ),
         (
             "migrate_lat",
@@ -236,6 +242,7 @@ impl Calibration {
             ("fd_write_nowaiter", 150.0),
             ("fd_stale", 600.0),
             ("claim_release", 50.0),
+            ("adopt_path", 160.0),
             ("migrate_lat", 30_000.0),
             ("migrate_cpu", 20_000.0),
             ("stay_on_busy_pct", 25.0),

@@ -28,9 +28,10 @@
 //!      epoll_cross_call` after the timestamp, a server on the waker's own CPU only after the
 //!      whole write. The first to start takes the event; the others find nothing (futile);
 //!    - `adopt`: if the worker's own CPU's server is idle, the worker claims it and runs at
-//!      once (`claim_release`); else it claims the lowest-numbered idle server and migrates
-//!      to its CPU (`migrate_lat`, `migrate_cpu`); with none idle the event waits in the
-//!      queue for a claimer to finish.
+//!      once: latency `adopt_path` (the harness's measured path from the timestamp through
+//!      the claim to the start), CPU that plus `claim_release`; else it claims the
+//!      lowest-numbered idle server and migrates to its CPU (`migrate_lat`, `migrate_cpu`
+//!      on top); with none idle the event waits in the queue for a claimer to finish.
 //! 3. A woken server takes the head of the run queue (latency = start − timestamp); it finds
 //!    nothing if another server took it (a futile wakeup). A server finishing a compute
 //!    takes the next queued event at once, or goes idle (its CPU halts).
@@ -88,6 +89,8 @@ pub struct Prediction {
     pub futile: u64,
     /// Events started on the CPU their worker unblocked on.
     pub same_cpu: u64,
+    /// Latency of those events, ns (the harness's `latency_same_cpu`).
+    pub latency_same_cpu: Histogram<u64>,
 }
 
 impl Prediction {
@@ -99,6 +102,21 @@ impl Prediction {
     /// Fraction of events started on the CPU their worker unblocked on.
     pub fn same_cpu_fraction(&self) -> f64 {
         self.same_cpu as f64 / self.latency.len().max(1) as f64
+    }
+
+    /// p50 of the events started on their worker's CPU, and of the others, µs (0 if none);
+    /// as [`crate::harness::RunResult::p50_same_cross_us`].
+    pub fn p50_same_cross_us(&self) -> (f64, f64) {
+        let mut cross = self.latency.clone();
+        let _ = cross.subtract(&self.latency_same_cpu);
+        let q = |h: &Histogram<u64>| {
+            if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(0.5) as f64 / 1000.0
+            }
+        };
+        (q(&self.latency_same_cpu), q(&cross))
     }
 
     /// CPU demand over capacity: `load × (compute + CPU per event) / compute`. At 1 or more
@@ -199,6 +217,8 @@ struct Costs {
     fd_write_nowaiter: f64,
     fd_stale: f64,
     claim: f64,
+    /// `adopt`: timestamp → start through the claim of the worker's own CPU's server.
+    adopt_path: f64,
     migrate_lat: f64,
     migrate_cpu: f64,
     /// Probability of staying on a busy previous CPU although one is idle.
@@ -217,6 +237,7 @@ impl Costs {
             fd_write_nowaiter: c.get("fd_write_nowaiter"),
             fd_stale: c.get("fd_stale"),
             claim: c.get("claim_release"),
+            adopt_path: c.get("adopt_path"),
             migrate_lat: c.get("migrate_lat"),
             migrate_cpu: c.get("migrate_cpu"),
             stay: (c.get("stay_on_busy_pct") / 100.0).clamp(0.0, 1.0),
@@ -267,6 +288,7 @@ struct Sim<'a> {
     runq: VecDeque<Queued>,
     rng: SplitMix,
     lat: Histogram<u64>,
+    lat_same: Histogram<u64>,
     overhead: f64,
     wakeups: u64,
     futile: u64,
@@ -332,9 +354,11 @@ impl Sim<'_> {
     }
 
     fn start_compute(&mut self, t: u64, v: usize, e: Queued) {
-        self.lat.saturating_record(t.saturating_sub(e.t).max(1));
+        let lat = t.saturating_sub(e.t).max(1);
+        self.lat.saturating_record(lat);
         if e.cpu == v {
             self.same_cpu += 1;
+            self.lat_same.saturating_record(lat);
         }
         self.srv[v] = Srv::Busy;
         self.done_at[v] = t + self.p.compute_ns;
@@ -370,12 +394,17 @@ impl Sim<'_> {
             Mechanism::Adopt => {
                 if self.srv[u] == Srv::Idle {
                     self.remove_idle(u);
-                    self.overhead += k.claim;
-                    self.start_compute(t + k.claim as u64, u, e);
+                    self.overhead += k.adopt_path + k.claim;
+                    self.start_compute(t + k.adopt_path as u64, u, e);
                 } else if let Some(&v) = self.idle.iter().min() {
                     // The claimer moves to the claimed server's CPU.
                     self.runq.push_back(e);
-                    self.wake_at(t, v, k.claim + k.migrate_lat, k.claim + k.migrate_cpu);
+                    self.wake_at(
+                        t,
+                        v,
+                        k.adopt_path + k.migrate_lat,
+                        k.adopt_path + k.claim + k.migrate_cpu,
+                    );
                     self.wakeups -= 1;
                 } else {
                     self.steal(u, k.claim);
@@ -497,6 +526,7 @@ pub fn simulate(m: Mechanism, p: &Params, c: &Calibration) -> Prediction {
         runq: VecDeque::new(),
         rng: SplitMix::new(p.seed),
         lat: new_histogram(),
+        lat_same: new_histogram(),
         overhead: 0.0,
         wakeups: 0,
         futile: 0,
@@ -534,6 +564,7 @@ pub fn simulate(m: Mechanism, p: &Params, c: &Calibration) -> Prediction {
         wakeups: s.wakeups,
         futile: s.futile,
         same_cpu: s.same_cpu,
+        latency_same_cpu: s.lat_same,
         latency: s.lat,
         params: p,
     }
@@ -576,6 +607,33 @@ mod tests {
                 assert!(r.cpu_per_event_ns > 0.0);
             }
         }
+    }
+
+    #[test]
+    fn placement_splits_the_latency_by_mode() {
+        let c = Calibration::reference();
+        let p = Params {
+            cpus: 2,
+            load: 0.1,
+            compute_ns: 100_000,
+            events: 5_000,
+            seed: 7,
+        };
+        for m in Mechanism::ALL {
+            let r = simulate(m, &p, &c);
+            assert_eq!(r.latency_same_cpu.len(), r.same_cpu, "{m:?}");
+            assert!(r.same_cpu > 0 && r.same_cpu < r.latency.len(), "{m:?}");
+        }
+        // At low load a same-CPU start costs the calibrated same-CPU figure, a cross-CPU one
+        // the cross-CPU figure: the two modes the real latency shows.
+        let l = simulate(Mechanism::List, &p, &c);
+        let (same, cross) = l.p50_same_cross_us();
+        let (same_ns, cross_ns) = (same * 1000.0, cross * 1000.0);
+        assert!(same_ns < c.get("futex_cross_lat") / 4.0, "{same}");
+        assert!(cross_ns >= 0.9 * c.get("futex_cross_lat"), "{cross}");
+        let a = simulate(Mechanism::Adopt, &p, &c);
+        let (same, _) = a.p50_same_cross_us();
+        assert!((same * 1000.0 - c.get("adopt_path")).abs() <= 1.0, "{same}");
     }
 
     #[test]
