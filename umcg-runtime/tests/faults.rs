@@ -1219,3 +1219,103 @@ fn registration_interrupted_by_signals_queues_once() {
     );
     worker.join().unwrap();
 }
+
+/// A server thread exits (without unregistering) while two workers that handed it the CPU
+/// (they yielded: IDLE, in its private run queue, asleep in `umcg_wait`) wait for it to run
+/// them again. v0.3's kernel left them asleep for ever. Here their `umcg_wait` fails with
+/// `ESRCH` (the server they wait on is gone), state unchanged; each then puts itself back on
+/// the idle-worker list the v0.3 way (RUNNING without a server, then `umcg_wait`: the wake
+/// hook queues it and wakes an idle server), and the other server runs them to the end.
+#[test]
+fn server_exits_while_workers_wait_on_it() {
+    let _s = serial();
+    let g = Group::new();
+    let limit = Duration::from_secs(10);
+    // S2: an idle server that only serves what lands on the idle-worker list.
+    let s2_done = Arc::new(AtomicBool::new(false));
+    let exited = Arc::new(AtomicU32::new(0));
+    let s2 = {
+        let (g, done, exited) = (g.clone(), s2_done.clone(), exited.clone());
+        thread::spawn(move || {
+            let s = Server::register(&g);
+            announce(&s);
+            while exited.load(Ordering::Acquire) < 2 {
+                s.wait_for_workers(Instant::now() + limit);
+                while let Some(w) = g.pop_runnable() {
+                    let st = run_bounded(&s, w, limit).unwrap();
+                    if st.is_locked() {
+                        exited.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+            }
+            done.store(true, Ordering::Release);
+        })
+    };
+    let esrch = Arc::new(AtomicU32::new(0));
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let (g, esrch) = (g.clone(), esrch.clone());
+            thread::spawn(move || {
+                let w = Worker::register(&g);
+                let t = w.task();
+                // Yield to the server: it keeps us in its own queue.
+                let stid = t.server_tid.load(Ordering::Acquire);
+                t.store_state(StateWord(UMCG_TASK_IDLE | UMCG_TF_LOCKED));
+                let s = announced_server(stid).unwrap();
+                let _ = s.cas_word(StateWord(UMCG_TASK_IDLE), StateWord(UMCG_TASK_RUNNING));
+                t.next_tid.store(0, Ordering::Release);
+                let r = loop {
+                    match kernel::umcg_wait(0, 0) {
+                        Err(UmcgError::Errno(Errno::EINTR)) => {}
+                        r => break r,
+                    }
+                };
+                assert_eq!(r, Err(UmcgError::Errno(Errno::ESRCH)), "its server left");
+                assert_eq!(t.load_state().state(), TaskState::Idle);
+                esrch.fetch_add(1, Ordering::AcqRel);
+                // Back on the idle-worker list: RUNNING without a server, then wait.
+                t.server_tid.store(0, Ordering::Release);
+                t.store_state(StateWord(UMCG_TASK_RUNNING));
+                loop {
+                    match kernel::umcg_wait(0, 0) {
+                        Ok(()) => break,
+                        Err(UmcgError::Errno(Errno::EINTR)) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                assert_eq!(t.load_state().state(), TaskState::Running);
+                w.exit();
+            })
+        })
+        .collect();
+    // S1 runs both workers once (each yields back), keeps them, and its thread exits.
+    let g1 = g.clone();
+    thread::spawn(move || {
+        let s = Server::register(&g1);
+        announce(&s);
+        let mut held = Vec::new();
+        while held.len() < 2 {
+            // Take them off the list ourselves (S2 might otherwise get there first).
+            g1.drain_idle_workers();
+            let Some(w) = g1.pop_runnable() else {
+                thread::sleep(Duration::from_micros(100));
+                continue;
+            };
+            let st = run_bounded(&s, w, limit).unwrap();
+            assert_eq!(st.state(), TaskState::Idle, "it yielded: {st:?}");
+            held.push(addr(w));
+        }
+        std::mem::forget(s); // Exit registered: no unregister, the task stays allocated.
+    })
+    .join()
+    .unwrap();
+    wait_for("both workers to see ESRCH", || {
+        esrch.load(Ordering::Acquire) == 2
+    });
+    for w in workers {
+        w.join().unwrap();
+    }
+    wait_for("S2 to finish", || s2_done.load(Ordering::Acquire));
+    s2.join().unwrap();
+    assert_eq!(kernel::registered_tasks(), 0);
+}

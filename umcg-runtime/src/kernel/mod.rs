@@ -71,6 +71,31 @@
 //!    without a state change (a harmless spurious wake if it is awake). BLOCKED (the block
 //!    hook woke it) and IDLE (queued, or held by user space): nobody.
 //!
+//! # A server that leaves
+//!
+//! v0.3 has no per-server queues in the kernel: a worker that hands its server the CPU
+//! (yield, swap, leave through `umcg_wait` while not queued on the idle-worker list) waits
+//! in that server's *user-space* run queue. If the server unregisters or exits first, the
+//! worker would sleep for ever. The emulator ends such a wait:
+//! 1. A worker entering `umcg_wait`'s idle loop while not queued records its `server_tid`
+//!    (`waiting_on`), then checks under the registry lock that it names a registered
+//!    server; if not: `ESRCH` at once (its state unchanged, after the target was woken).
+//! 2. A server that leaves ([`umcg_ctl`] `UNREGISTER`, or [`task_exited`]) is first
+//!    removed from the registry, then flags every worker whose `waiting_on` names it and
+//!    wakes it until it has left `umcg_wait` (a wake that lands just before the worker's
+//!    futex wait would be lost; the waker repeats it, bounded by one second). Either the
+//!    worker's check in step 1 saw the server gone, or the server's scan sees the worker.
+//! 3. The flagged worker's `umcg_wait` returns `ESRCH` unless it was made RUNNING first.
+//!    It is then IDLE and on no list: user space that shared its run queue with other
+//!    servers can just wait again after fixing `server_tid`; otherwise the worker puts
+//!    itself back on its idle-worker list the v0.3 way, by making itself RUNNING with
+//!    `server_tid == 0` and calling `umcg_wait` (the wake hook queues it and wakes an idle
+//!    server, §2.6).
+//!
+//! Workers queued on the idle-worker list are not affected (any server may take them), nor
+//! are workers RUNNING on the server (it abandoned them: when they block, the block hook
+//! reports `ServerNotFound`, as v0.3 would have).
+//!
 //! Hence the contract of [`umcg_ctl`]: a task stays valid until its thread unregisters or,
 //! if it never does, until the thread's thread-local destructors have run. A task on the
 //! thread's own stack must be unregistered before the thread function returns.
@@ -264,7 +289,11 @@ pub unsafe fn umcg_ctl(flags: u32, task: *mut UmcgTask) -> Result<Ctl, UmcgError
         if !task.is_null() || !registry::is_registered() {
             return Err(Errno::EINVAL.into());
         }
-        registry::unregister_current();
+        if let Some(k) = registry::unregister_current()
+            && !k.worker
+        {
+            server_left(&k);
+        }
         return Ok(Ctl::Done);
     }
     if flags & UMCG_CTL_REGISTER == 0 || flags & !(UMCG_CTL_REGISTER | UMCG_CTL_WORKER) != 0 {
@@ -322,6 +351,7 @@ pub(super) fn task_exited(k: &std::sync::Arc<KTask>) {
     let _section = EmulatorSection::enter();
     registry::remove(k);
     if !k.worker {
+        server_left(k);
         return;
     }
     let t = k.task();
@@ -355,6 +385,55 @@ pub(super) fn task_exited(k: &std::sync::Arc<KTask>) {
     }
 }
 
+/// Step 2 of "A server that leaves" (module doc): `k`, a server, is out of the registry.
+fn server_left(k: &KTask) {
+    let waiters: Vec<std::sync::Arc<KTask>> = registry::read()
+        .by_tid
+        .values()
+        .filter(|w| w.worker && w.waiting_on.load(Ordering::SeqCst) == k.tid)
+        .cloned()
+        .collect();
+    let t0 = sys::futex::monotonic_now_ns();
+    for w in &waiters {
+        w.server_left.store(k.tid, Ordering::SeqCst);
+        loop {
+            {
+                // Its task is only touched while it is registered (lifetime rule).
+                let table = registry::read();
+                if !table.by_tid.get(&w.tid).is_some_and(|e| std::sync::Arc::ptr_eq(e, w)) {
+                    break;
+                }
+                sys::futex_wake(&w.task().state, i32::MAX);
+            }
+            if w.waiting_on.load(Ordering::SeqCst) != k.tid
+                || sys::futex::monotonic_now_ns() - t0 > 1_000_000_000
+            {
+                break;
+            }
+            std::thread::sleep(core::time::Duration::from_micros(50));
+        }
+    }
+}
+
+/// Step 1 of "A server that leaves" (module doc), for a worker about to wait.
+fn note_waiting_on(me: &KTask) -> Result<(), Errno> {
+    let t = me.task();
+    let stid = t.server_tid.load(Ordering::Acquire);
+    let queued_on = me.queued_on.load(Ordering::Relaxed);
+    if stid == 0 || (queued_on != 0 && t.idle_workers_ptr.load(Ordering::Acquire) != queued_on) {
+        return Ok(()); // No server yet, or queued: any server may take it.
+    }
+    // SeqCst store, then the registry lock: pairs with the server's removal (write lock)
+    // before its scan (step 2).
+    me.waiting_on.store(stid, Ordering::SeqCst);
+    if registry::read().by_tid.get(&stid).is_some_and(|s| !s.worker) {
+        Ok(())
+    } else {
+        me.waiting_on.store(0, Ordering::SeqCst);
+        Err(Errno::ESRCH)
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // umcg_wait
 
@@ -365,7 +444,10 @@ pub(super) fn task_exited(k: &std::sync::Arc<KTask>) {
 /// Otherwise: wake `next_tid` (or, for a worker with `next_tid == 0`, its `server_tid`;
 /// `ESRCH` if no such thread exists), clear the caller's LOCKED (worker), and sleep until the
 /// caller's state is RUNNING. `EINTR` if a signal handler ran; `ETIMEDOUT` past
-/// `abs_timeout` (absolute `CLOCK_REALTIME` ns, 0 = none).
+/// `abs_timeout` (absolute `CLOCK_REALTIME` ns, 0 = none). Extension: a worker that is not
+/// queued on the idle-worker list gets `ESRCH` if its `server_tid` names no registered
+/// server, or if that server unregisters or exits while it waits (module doc, "A server
+/// that leaves").
 pub fn umcg_wait(flags: u32, abs_timeout: u64) -> Result<(), UmcgError> {
     let _section = EmulatorSection::enter();
     let Some(me) = registry::current() else {
@@ -402,13 +484,19 @@ pub fn umcg_wait(flags: u32, abs_timeout: u64) -> Result<(), UmcgError> {
         }
     }
     if me.worker {
+        note_waiting_on(&me)?;
         let w = t.load_state();
         if w.is_locked() && t.clear_flags_if(w.state(), UMCG_TF_LOCKED).is_err() {
+            me.waiting_on.store(0, Ordering::SeqCst);
             return Err(Errno::EFAULT.into());
         }
     }
     let deadline = (abs_timeout != 0).then_some(Deadline::Realtime(abs_timeout));
-    match idle_loop(&me, deadline) {
+    let r = idle_loop(&me, deadline);
+    if me.worker {
+        me.waiting_on.store(0, Ordering::SeqCst);
+    }
+    match r {
         Ok(()) => Ok(()),
         Err(Errno::ETIMEDOUT) if me.worker => worker_timed_out(&me),
         Err(e) => Err(e.into()),
@@ -437,6 +525,12 @@ fn idle_loop(me: &KTask, deadline: Option<Deadline>) -> Result<(), Errno> {
                 }
             }
             return Ok(());
+        }
+        if me.worker && {
+            let on = me.waiting_on.load(Ordering::SeqCst);
+            on != 0 && me.server_left.load(Ordering::SeqCst) == on
+        } {
+            return Err(Errno::ESRCH); // The server it waits on left (module doc).
         }
         match sleep(me, w, deadline) {
             FutexWait::ValueChanged => {}

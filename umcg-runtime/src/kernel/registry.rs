@@ -52,6 +52,13 @@ pub(crate) struct KTask {
     /// Worker: `WAKE_ONLY` wake-ups aimed at it and not yet seen by its idle loop. Only
     /// these (not stale futex wakes) make a sleeping IDLE worker run the wake hook.
     pub(crate) wake_events: AtomicU32,
+    /// Worker inside `umcg_wait`, not queued: the server (its `server_tid`) whose user-space
+    /// run queue it waits in; 0 otherwise (`kernel`, "A server that leaves").
+    pub(crate) waiting_on: AtomicU32,
+    /// Written by a server named in `waiting_on` when it leaves (its TID): a wait whose
+    /// `waiting_on` matches ends with `ESRCH`. A stale value never matches a later wait
+    /// on a live server.
+    pub(crate) server_left: AtomicU32,
     /// Head addresses already found readable (probe cache: one syscall per new head).
     pub(crate) checked_workers_head: AtomicU64,
     pub(crate) checked_servers_head: AtomicU64,
@@ -72,6 +79,8 @@ impl KTask {
             cpu: AtomicI32::new(-1),
             queued_on: AtomicU64::new(0),
             wake_events: AtomicU32::new(0),
+            waiting_on: AtomicU32::new(0),
+            server_left: AtomicU32::new(0),
             checked_workers_head: AtomicU64::new(0),
             checked_servers_head: AtomicU64::new(0),
         }
