@@ -80,6 +80,10 @@
 //! 1. A worker entering `umcg_wait`'s idle loop while not queued records its `server_tid`
 //!    (`waiting_on`), then checks under the registry lock that it names a registered
 //!    server; if not: `ESRCH` at once (its state unchanged, after the target was woken).
+//!    The lookup is skipped while no server left since the worker last found this one
+//!    registered (a process-wide departure count, SeqCst on both sides: `note_waiting_on`):
+//!    a worker's wait is the hot path of every yield, park and direct switch, and the
+//!    registry lock is a cache line that every lookup writes.
 //! 2. A server that leaves ([`umcg_ctl`] `UNREGISTER`, or [`task_exited`]) is first
 //!    removed from the registry, then flags every worker whose `waiting_on` names it and
 //!    wakes it until it has left `umcg_wait` (a wake that lands just before the worker's
@@ -109,7 +113,7 @@ mod preempt;
 pub(crate) mod registry;
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU8, Ordering, fence};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering, fence};
 
 use umcg_abi::idle_servers::{self, Pop};
 use umcg_abi::idle_workers::{self, WorkerPush};
@@ -387,6 +391,10 @@ pub(super) fn task_exited(k: &std::sync::Arc<KTask>) {
 
 /// Step 2 of "A server that leaves" (module doc): `k`, a server, is out of the registry.
 fn server_left(k: &KTask) {
+    // After the removal, before the scan: a worker whose check (step 1) read the old count
+    // stored its `waiting_on` before this increment, so the scan below sees it (SeqCst
+    // store/load on both sides); one that reads the new count looks the server up.
+    SERVER_DEPARTURES.fetch_add(1, Ordering::SeqCst);
     let waiters: Vec<std::sync::Arc<KTask>> = registry::read()
         .by_tid
         .values()
@@ -400,7 +408,11 @@ fn server_left(k: &KTask) {
             {
                 // Its task is only touched while it is registered (lifetime rule).
                 let table = registry::read();
-                if !table.by_tid.get(&w.tid).is_some_and(|e| std::sync::Arc::ptr_eq(e, w)) {
+                if !table
+                    .by_tid
+                    .get(&w.tid)
+                    .is_some_and(|e| std::sync::Arc::ptr_eq(e, w))
+                {
                     break;
                 }
                 sys::futex_wake(&w.task().state, i32::MAX);
@@ -415,7 +427,19 @@ fn server_left(k: &KTask) {
     }
 }
 
+/// How many servers left (unregistered or exited) in this process; see [`server_left`].
+static SERVER_DEPARTURES: AtomicU64 = AtomicU64::new(0);
+
 /// Step 1 of "A server that leaves" (module doc), for a worker about to wait.
+///
+/// Memory ordering: the worker's SeqCst store of `waiting_on` then SeqCst load of
+/// [`SERVER_DEPARTURES`], against the leaving server's registry removal (write lock), SeqCst
+/// increment, then SeqCst loads of `waiting_on` in its scan. In the single total order of
+/// SeqCst operations, either the worker's load comes before the increment (then so does its
+/// store, and the scan sees `waiting_on`), or it reads the increment (Acquire of the RMW's
+/// Release: the removal happened before, and the lookup below, under the read lock, misses
+/// the server). A count equal to the one of the last successful lookup of the same server
+/// therefore proves the server has not left since.
 fn note_waiting_on(me: &KTask) -> Result<(), Errno> {
     let t = me.task();
     let stid = t.server_tid.load(Ordering::Acquire);
@@ -423,10 +447,21 @@ fn note_waiting_on(me: &KTask) -> Result<(), Errno> {
     if stid == 0 || (queued_on != 0 && t.idle_workers_ptr.load(Ordering::Acquire) != queued_on) {
         return Ok(()); // No server yet, or queued: any server may take it.
     }
-    // SeqCst store, then the registry lock: pairs with the server's removal (write lock)
-    // before its scan (step 2).
     me.waiting_on.store(stid, Ordering::SeqCst);
-    if registry::read().by_tid.get(&stid).is_some_and(|s| !s.worker) {
+    let departures = SERVER_DEPARTURES.load(Ordering::SeqCst);
+    // `checked_*` are written and read by this thread only (Relaxed).
+    if me.checked_server.load(Ordering::Relaxed) == stid
+        && me.checked_departures.load(Ordering::Relaxed) == departures
+    {
+        return Ok(());
+    }
+    if registry::read()
+        .by_tid
+        .get(&stid)
+        .is_some_and(|s| !s.worker)
+    {
+        me.checked_server.store(stid, Ordering::Relaxed);
+        me.checked_departures.store(departures, Ordering::Relaxed);
         Ok(())
     } else {
         me.waiting_on.store(0, Ordering::SeqCst);

@@ -59,6 +59,10 @@ pub(crate) struct KTask {
     /// `waiting_on` matches ends with `ESRCH`. A stale value never matches a later wait
     /// on a live server.
     pub(crate) server_left: AtomicU32,
+    /// Worker (own thread only): the server last found registered by `umcg_wait`'s check,
+    /// and the process's server-departure count at that check (`kernel::note_waiting_on`).
+    pub(crate) checked_server: AtomicU32,
+    pub(crate) checked_departures: AtomicU64,
     /// Head addresses already found readable (probe cache: one syscall per new head).
     pub(crate) checked_workers_head: AtomicU64,
     pub(crate) checked_servers_head: AtomicU64,
@@ -81,6 +85,8 @@ impl KTask {
             wake_events: AtomicU32::new(0),
             waiting_on: AtomicU32::new(0),
             server_left: AtomicU32::new(0),
+            checked_server: AtomicU32::new(0),
+            checked_departures: AtomicU64::new(0),
             checked_workers_head: AtomicU64::new(0),
             checked_servers_head: AtomicU64::new(0),
         }
