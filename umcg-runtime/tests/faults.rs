@@ -1220,102 +1220,393 @@ fn registration_interrupted_by_signals_queues_once() {
     worker.join().unwrap();
 }
 
-/// A server thread exits (without unregistering) while two workers that handed it the CPU
-/// (they yielded: IDLE, in its private run queue, asleep in `umcg_wait`) wait for it to run
-/// them again. v0.3's kernel left them asleep for ever. Here their `umcg_wait` fails with
-/// `ESRCH` (the server they wait on is gone), state unchanged; each then puts itself back on
-/// the idle-worker list the v0.3 way (RUNNING without a server, then `umcg_wait`: the wake
-/// hook queues it and wakes an idle server), and the other server runs them to the end.
+// ------------------------------------------------------------------------------------------
+// A server that leaves while workers wait for it
+
+/// How S1 leaves in the tests below.
+#[derive(Clone, Copy, Debug)]
+enum Leave {
+    /// `umcg_ctl(UNREGISTER)`; the thread stays alive until the test ends.
+    Unregister,
+    /// The thread returns registered (its task leaked): the TLS destructor unregisters it.
+    Exit,
+}
+
+/// S1, the server that leaves: registers, reports its TID, runs `body` (which takes and
+/// runs the workers), then leaves as `leave` says when `go` is set. The returned handle
+/// finishes once S1 has left (for `Unregister`, the thread then waits for `release`).
+fn leaving_server(
+    g: &Arc<Group>,
+    leave: Leave,
+    go: Arc<AtomicBool>,
+    release: Arc<AtomicBool>,
+    left: Arc<AtomicBool>,
+    body: impl FnOnce(&Server) + Send + 'static,
+) -> (thread::JoinHandle<()>, u32) {
+    let (tx, rx) = mpsc::channel();
+    let g = g.clone();
+    let h = thread::spawn(move || {
+        let s = Server::register(&g);
+        announce(&s);
+        tx.send(s.tid).unwrap();
+        body(&s);
+        wait_for("the test to let S1 leave", || go.load(Ordering::Acquire));
+        match leave {
+            Leave::Unregister => {
+                // SAFETY: unregister takes no pointer.
+                let r = unsafe { kernel::umcg_ctl(UMCG_CTL_UNREGISTER, std::ptr::null_mut()) };
+                assert_eq!(r, Ok(kernel::Ctl::Done));
+                left.store(true, Ordering::Release);
+                wait_for("the end of the test", || release.load(Ordering::Acquire));
+                drop(s); // Its second unregister fails (EINVAL), ignored by Drop.
+            }
+            Leave::Exit => {
+                // Exit registered: no unregister, the task stays allocated (leaked).
+                std::mem::forget(s);
+                // `left` is set by the test after the join: the TLS destructor runs after
+                // this closure returns.
+            }
+        }
+    });
+    (h, rx.recv().unwrap())
+}
+
+/// Let S1 (see [`leaving_server`]) leave, and wait until it has.
+fn s1_leaves(
+    leave: Leave,
+    go: &AtomicBool,
+    left: &AtomicBool,
+    s1: &mut Option<thread::JoinHandle<()>>,
+) {
+    go.store(true, Ordering::Release);
+    match leave {
+        Leave::Unregister => wait_for("S1 to unregister", || left.load(Ordering::Acquire)),
+        Leave::Exit => {
+            s1.take().unwrap().join().unwrap();
+            left.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// S2, the server that stays: an idle server serving the idle-worker list until `n`
+/// workers ran to their exit (LOCKED) on it. Returns the TIDs of the workers it ran.
+fn staying_server(g: &Arc<Group>, n: usize, limit: Duration) -> thread::JoinHandle<()> {
+    let g = g.clone();
+    thread::spawn(move || {
+        let s = Server::register(&g);
+        announce(&s);
+        let mut exited = 0;
+        while exited < n {
+            s.wait_for_workers(Instant::now() + limit);
+            while let Some(w) = g.pop_runnable() {
+                let st = run_bounded(&s, w, limit).unwrap();
+                assert_eq!(st.state(), TaskState::Idle, "S2 ran a worker: {st:?}");
+                assert!(st.is_locked(), "a worker S2 runs only exits: {st:?}");
+                exited += 1;
+            }
+        }
+        // S2 is RUNNING and off the idle-server list (wait_for_workers reclaimed its node):
+        // its Drop unregisters it.
+    })
+}
+
+/// Wait until S2 sleeps on the idle-server list (so that no worker can reach it earlier).
+fn wait_until_idle_on_list(g: &Group, n: usize) {
+    wait_for("S2 idle on the idle-server list", || {
+        common::live_idle_servers(g) == n
+    });
+}
+
+/// `umcg_wait(0, 0)` of a worker, retrying `EINTR` (without switching again).
+fn worker_wait_once(t: &UmcgTask) -> Result<(), UmcgError> {
+    loop {
+        match kernel::umcg_wait(0, 0) {
+            Err(UmcgError::Errno(Errno::EINTR)) => t.next_tid.store(0, Ordering::Release),
+            r => return r,
+        }
+    }
+}
+
+/// A server leaves (unregisters, or its thread exits registered) while two workers that
+/// handed it the CPU (they yielded: IDLE, in its private run queue, asleep in `umcg_wait`)
+/// wait for it to run them again. v0.3's kernel left them asleep for ever. Here:
+///
+/// 1. Their `umcg_wait` fails with `ESRCH`, state unchanged (IDLE) (the leaving server's
+///    scan, "A server that leaves" step 2: both are asleep in the kernel before S1 leaves).
+/// 2. A second `umcg_wait` naming the departed server fails with `ESRCH` at once (step 1:
+///    the departure count invalidates the worker's cached check).
+/// 3. Each puts itself back on the idle-worker list the v0.3 way (RUNNING without a server,
+///    then `umcg_wait`: the wake hook queues it and wakes the idle server S2), and S2 runs
+///    it to its exit.
+///
+/// Deterministic: S2 only registers once S1 holds both workers (nothing else can take them
+/// off the list first), and S1 leaves only once S2 is idle on the idle-server list and both
+/// workers are asleep in the kernel with LOCKED cleared. Both idle-wakeup modes.
 #[test]
 fn server_exits_while_workers_wait_on_it() {
     let _s = serial();
-    let g = Group::new();
+    in_both_modes(|mode| {
+        for leave in [Leave::Exit, Leave::Unregister] {
+            server_leaves_with_yielded_workers(mode, leave);
+        }
+    });
+}
+
+fn server_leaves_with_yielded_workers(mode: IdleWakeup, leave: Leave) {
+    const WORKERS: usize = 2;
     let limit = Duration::from_secs(10);
-    // S2: an idle server that only serves what lands on the idle-worker list.
-    let s2_done = Arc::new(AtomicBool::new(false));
-    let exited = Arc::new(AtomicU32::new(0));
-    let s2 = {
-        let (g, done, exited) = (g.clone(), s2_done.clone(), exited.clone());
-        thread::spawn(move || {
-            let s = Server::register(&g);
-            announce(&s);
-            while exited.load(Ordering::Acquire) < 2 {
-                s.wait_for_workers(Instant::now() + limit);
-                while let Some(w) = g.pop_runnable() {
-                    let st = run_bounded(&s, w, limit).unwrap();
-                    if st.is_locked() {
-                        exited.fetch_add(1, Ordering::AcqRel);
-                    }
-                }
-            }
-            done.store(true, Ordering::Release);
-        })
-    };
+    let g = Group::new();
     let esrch = Arc::new(AtomicU32::new(0));
-    let workers: Vec<_> = (0..2)
+    let _wd = {
+        let esrch = esrch.clone();
+        watchdog(
+            "a server leaving with yielded workers",
+            Duration::from_secs(30),
+            Arc::new(move || {
+                format!(
+                    "{mode:?}/{leave:?}: ESRCH seen by {} workers, registered {}",
+                    esrch.load(Ordering::Acquire),
+                    kernel::registered_tasks()
+                )
+            }),
+        )
+    };
+    let (go, release, left) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let held = Arc::new(Mutex::new(Vec::<usize>::new()));
+    // S1 takes both workers off the list and runs each once; each yields back to it.
+    let (s1, s1_tid) = {
+        let (g, held) = (g.clone(), held.clone());
+        leaving_server(
+            &g.clone(),
+            leave,
+            go.clone(),
+            release.clone(),
+            left.clone(),
+            move |s| {
+                let mut n = 0;
+                while n < WORKERS {
+                    g.drain_idle_workers();
+                    let Some(w) = g.pop_runnable() else {
+                        thread::sleep(Duration::from_micros(100));
+                        continue;
+                    };
+                    let st = run_bounded(s, w, limit).unwrap();
+                    assert_eq!(st.state(), TaskState::Idle, "it yielded: {st:?}");
+                    held.lock().unwrap().push(addr(w));
+                    n += 1;
+                }
+            },
+        )
+    };
+    let mut s1 = Some(s1);
+    let tids = Arc::new(Mutex::new(Vec::new()));
+    let workers: Vec<_> = (0..WORKERS)
         .map(|_| {
-            let (g, esrch) = (g.clone(), esrch.clone());
+            let (g, esrch, tids) = (g.clone(), esrch.clone(), tids.clone());
             thread::spawn(move || {
-                let w = Worker::register(&g);
+                let w = Worker::register_with(&g, |_, tid| tids.lock().unwrap().push(tid));
                 let t = w.task();
-                // Yield to the server: it keeps us in its own queue.
-                let stid = t.server_tid.load(Ordering::Acquire);
+                assert_eq!(t.server_tid.load(Ordering::Acquire), s1_tid);
+                // Yield to S1: it keeps us in its own queue (`held`).
                 t.store_state(StateWord(UMCG_TASK_IDLE | UMCG_TF_LOCKED));
-                let s = announced_server(stid).unwrap();
+                let s = announced_server(s1_tid).unwrap();
                 let _ = s.cas_word(StateWord(UMCG_TASK_IDLE), StateWord(UMCG_TASK_RUNNING));
                 t.next_tid.store(0, Ordering::Release);
-                let r = loop {
-                    match kernel::umcg_wait(0, 0) {
-                        Err(UmcgError::Errno(Errno::EINTR)) => {}
-                        r => break r,
-                    }
-                };
+                let r = worker_wait_once(t);
                 assert_eq!(r, Err(UmcgError::Errno(Errno::ESRCH)), "its server left");
-                assert_eq!(t.load_state().state(), TaskState::Idle);
+                assert_eq!(t.load_state(), StateWord(UMCG_TASK_IDLE), "state unchanged");
+                // Again, still naming the departed server: ESRCH at once.
+                let r = worker_wait_once(t);
+                assert_eq!(r, Err(UmcgError::Errno(Errno::ESRCH)), "second wait");
                 esrch.fetch_add(1, Ordering::AcqRel);
                 // Back on the idle-worker list: RUNNING without a server, then wait.
                 t.server_tid.store(0, Ordering::Release);
                 t.store_state(StateWord(UMCG_TASK_RUNNING));
-                loop {
-                    match kernel::umcg_wait(0, 0) {
-                        Ok(()) => break,
-                        Err(UmcgError::Errno(Errno::EINTR)) => {}
-                        Err(e) => panic!("{e}"),
-                    }
-                }
-                assert_eq!(t.load_state().state(), TaskState::Running);
+                worker_wait_once(t).unwrap();
+                assert_eq!(t.load_state(), StateWord(UMCG_TASK_RUNNING));
+                assert_ne!(t.server_tid.load(Ordering::Acquire), s1_tid);
                 w.exit();
             })
         })
         .collect();
-    // S1 runs both workers once (each yields back), keeps them, and its thread exits.
-    let g1 = g.clone();
-    thread::spawn(move || {
-        let s = Server::register(&g1);
-        announce(&s);
-        let mut held = Vec::new();
-        while held.len() < 2 {
-            // Take them off the list ourselves (S2 might otherwise get there first).
-            g1.drain_idle_workers();
-            let Some(w) = g1.pop_runnable() else {
-                thread::sleep(Duration::from_micros(100));
-                continue;
-            };
-            let st = run_bounded(&s, w, limit).unwrap();
-            assert_eq!(st.state(), TaskState::Idle, "it yielded: {st:?}");
-            held.push(addr(w));
-        }
-        std::mem::forget(s); // Exit registered: no unregister, the task stays allocated.
-    })
-    .join()
-    .unwrap();
+    wait_for("S1 to hold both workers", || {
+        held.lock().unwrap().len() == WORKERS
+    });
+    // Both asleep in umcg_wait's idle loop: LOCKED cleared (after the server check), asleep.
+    for &a in held.lock().unwrap().iter() {
+        // SAFETY: worker tasks are leaked by the harness.
+        let t: &UmcgTask = unsafe { &*std::ptr::with_exposed_provenance(a) };
+        wait_for("a yielded worker to clear LOCKED", || {
+            t.load_state() == StateWord(UMCG_TASK_IDLE)
+        });
+        common::wait_until_sleeping(tid_of(t));
+    }
+    assert_eq!(esrch.load(Ordering::Acquire), 0, "ESRCH before S1 left");
+    let s2 = staying_server(&g, WORKERS, limit);
+    wait_until_idle_on_list(&g, 1);
+    s1_leaves(leave, &go, &left, &mut s1);
     wait_for("both workers to see ESRCH", || {
-        esrch.load(Ordering::Acquire) == 2
+        esrch.load(Ordering::Acquire) == WORKERS as u32
     });
     for w in workers {
         w.join().unwrap();
     }
-    wait_for("S2 to finish", || s2_done.load(Ordering::Acquire));
     s2.join().unwrap();
+    release.store(true, Ordering::Release);
+    if let Some(h) = s1 {
+        h.join().unwrap();
+    }
+    assert!(g.idle_workers.is_empty());
+    assert_eq!(kernel::registered_tasks(), 0);
+}
+
+/// A server leaves (unregisters, or exits registered) while workers it ran are queued on
+/// the idle-worker list with `server_tid` still naming it: W1 asleep in the wake hook after
+/// `kernel::blocking` (it blocked on S1, unblocked while S1 was busy), W2 back in user space
+/// after H5 and asleep in `umcg_wait` while queued. Neither is affected (any server may
+/// take a queued worker: W2's wait must not end with `ESRCH`), and S2 runs both to their
+/// exit. Both idle-wakeup modes.
+#[test]
+fn server_exits_while_workers_are_queued() {
+    let _s = serial();
+    install_usr2();
+    in_both_modes(|mode| {
+        for leave in [Leave::Exit, Leave::Unregister] {
+            server_leaves_with_queued_workers(mode, leave);
+        }
+    });
+}
+
+fn server_leaves_with_queued_workers(mode: IdleWakeup, leave: Leave) {
+    let limit = Duration::from_secs(10);
+    let g = Group::new();
+    let _wd = watchdog(
+        "a server leaving with queued workers",
+        Duration::from_secs(30),
+        Arc::new(move || {
+            format!(
+                "{mode:?}/{leave:?}: registered {}",
+                kernel::registered_tasks()
+            )
+        }),
+    );
+    let (go, release, left) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let unblock = Arc::new(AtomicBool::new(false));
+    let h5 = Arc::new(AtomicBool::new(false));
+    let ran = Arc::new(AtomicU32::new(0));
+    let (s1, s1_tid) = {
+        let (g, ran) = (g.clone(), ran.clone());
+        leaving_server(
+            &g.clone(),
+            leave,
+            go.clone(),
+            release.clone(),
+            left.clone(),
+            move |s| {
+                let mut n = 0;
+                while n < 2 {
+                    g.drain_idle_workers();
+                    let Some(w) = g.pop_runnable() else {
+                        thread::sleep(Duration::from_micros(100));
+                        continue;
+                    };
+                    // It blocks: BLOCKED, or already unblocked and queued again.
+                    let st = run_bounded(s, w, limit).unwrap();
+                    assert!(!st.is_locked(), "it blocked: {st:?}");
+                    ran.fetch_add(1, Ordering::AcqRel);
+                    n += 1;
+                }
+            },
+        )
+    };
+    let mut s1 = Some(s1);
+    let tids = Arc::new(Mutex::new(Vec::new()));
+    let tasks = Arc::new(Mutex::new(Vec::new()));
+    let raw_tid = Arc::new(AtomicU32::new(0));
+    let spawn_worker = |raw: bool| {
+        let (g, tids, tasks, unblock, h5, raw_tid) = (
+            g.clone(),
+            tids.clone(),
+            tasks.clone(),
+            unblock.clone(),
+            h5.clone(),
+            raw_tid.clone(),
+        );
+        thread::spawn(move || {
+            let w = Worker::register_with(&g, |t, tid| {
+                tids.lock().unwrap().push(tid);
+                tasks.lock().unwrap().push(addr(t));
+                if raw {
+                    raw_tid.store(tid, Ordering::Release);
+                }
+            });
+            let t = w.task();
+            assert_eq!(t.server_tid.load(Ordering::Acquire), s1_tid);
+            if raw {
+                // Block on S1 through the raw hooks; SIGUSR2 ends the wake hook's wait (H5):
+                // IDLE and queued, in user space; then wait in umcg_wait while queued.
+                kernel::block_begin().unwrap();
+                wait_for("the test to unblock", || unblock.load(Ordering::Acquire));
+                kernel::block_end().unwrap();
+                assert_eq!(t.load_state().state(), TaskState::Idle, "H5: IDLE");
+                h5.store(true, Ordering::Release);
+                t.next_tid.store(0, Ordering::Release);
+                worker_wait_once(t).expect("a queued worker's wait is not ended by S1 leaving");
+            } else {
+                kernel::blocking(|| {
+                    wait_for("the test to unblock", || unblock.load(Ordering::Acquire));
+                })
+                .unwrap();
+            }
+            assert_eq!(t.load_state(), StateWord(UMCG_TASK_RUNNING));
+            assert_ne!(t.server_tid.load(Ordering::Acquire), s1_tid);
+            w.exit();
+        })
+    };
+    let workers = [spawn_worker(false), spawn_worker(true)];
+    wait_for("S1 to run both workers", || {
+        ran.load(Ordering::Acquire) == 2
+    });
+    // Both unblock while S1 is busy (not idle: nobody is woken) and are queued.
+    unblock.store(true, Ordering::Release);
+    let queued = |a: usize| {
+        // SAFETY: worker tasks are leaked by the harness.
+        let t: &UmcgTask = unsafe { &*std::ptr::with_exposed_provenance(a) };
+        t.idle_workers_ptr.load(Ordering::Acquire) != g.idle_workers.addr()
+    };
+    let all_queued = || tasks.lock().unwrap().iter().all(|&a| queued(a));
+    wait_for("both workers queued on the idle-worker list", all_queued);
+    // The raw-hook worker sleeps in the wake hook until a signal ends that wait (H5); it
+    // then waits in umcg_wait, still queued.
+    interrupt_until(raw_tid.load(Ordering::Acquire), &h5);
+    let all_tids: Vec<u32> = tids.lock().unwrap().clone();
+    for &tid in &all_tids {
+        common::wait_until_sleeping(tid);
+    }
+    assert!(all_queued(), "a signal made a worker leave the list");
+    s1_leaves(leave, &go, &left, &mut s1);
+    // S1 is gone; both are still queued and asleep (nobody ended their waits).
+    for &tid in &all_tids {
+        common::wait_until_sleeping(tid);
+    }
+    assert!(all_queued(), "S1 leaving took a worker off the list");
+    let s2 = staying_server(&g, 2, limit);
+    for w in workers {
+        w.join().unwrap();
+    }
+    s2.join().unwrap();
+    release.store(true, Ordering::Release);
+    if let Some(h) = s1 {
+        h.join().unwrap();
+    }
+    assert!(g.idle_workers.is_empty());
     assert_eq!(kernel::registered_tasks(), 0);
 }
