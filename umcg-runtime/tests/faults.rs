@@ -1610,3 +1610,114 @@ fn server_leaves_with_queued_workers(mode: IdleWakeup, leave: Leave) {
     assert!(g.idle_workers.is_empty());
     assert_eq!(kernel::registered_tasks(), 0);
 }
+
+/// A server unregisters while two workers wait in its run queue (they get `ESRCH`), then
+/// the same thread registers again (same TID) and runs them; when they yield to it again,
+/// their wait must not end with `ESRCH`: the departure of the first registration says
+/// nothing about the second (found by this test: the flag a leaving server sets on its
+/// waiters was kept and matched the same TID in a later wait). Both idle-wakeup modes.
+#[test]
+fn server_reregisters_after_leaving() {
+    let _s = serial();
+    in_both_modes(|mode| {
+        const WORKERS: usize = 2;
+        let limit = Duration::from_secs(10);
+        let g = Group::new();
+        let _wd = watchdog(
+            "a server re-registering",
+            Duration::from_secs(30),
+            Arc::new(move || format!("{mode:?}: registered {}", kernel::registered_tasks())),
+        );
+        let go = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(Mutex::new(Vec::<usize>::new()));
+        let (tx, rx) = mpsc::channel();
+        let server = {
+            let (g, go, held) = (g.clone(), go.clone(), held.clone());
+            thread::spawn(move || {
+                let s = Server::register(&g);
+                announce(&s);
+                tx.send(s.tid).unwrap();
+                while held.lock().unwrap().len() < WORKERS {
+                    g.drain_idle_workers();
+                    let Some(w) = g.pop_runnable() else {
+                        thread::sleep(Duration::from_micros(100));
+                        continue;
+                    };
+                    let st = run_bounded(&s, w, limit).unwrap();
+                    assert_eq!(st.state(), TaskState::Idle, "it yielded: {st:?}");
+                    held.lock().unwrap().push(addr(w));
+                }
+                wait_for("the test to let S leave", || go.load(Ordering::Acquire));
+                // SAFETY: unregister takes no pointer.
+                let r = unsafe { kernel::umcg_ctl(UMCG_CTL_UNREGISTER, std::ptr::null_mut()) };
+                assert_eq!(r, Ok(kernel::Ctl::Done));
+                // Keep the first task allocated, and its Drop from unregistering the second.
+                let tid = s.tid;
+                std::mem::forget(s);
+                let s = Server::register(&g);
+                assert_eq!(s.tid, tid);
+                announce(&s);
+                // Run each worker until it exits; a yield puts it back on the run queue.
+                let mut exited = 0;
+                let mut yields = 0;
+                while exited < WORKERS {
+                    s.wait_for_workers(Instant::now() + limit);
+                    while let Some(w) = g.pop_runnable() {
+                        let st = run_bounded(&s, w, limit).unwrap();
+                        assert_eq!(st.state(), TaskState::Idle, "{st:?}");
+                        if st.is_locked() {
+                            exited += 1;
+                        } else {
+                            yields += 1;
+                            g.runq.lock().unwrap().insert(0, addr(w));
+                        }
+                    }
+                }
+                assert_eq!(yields, WORKERS);
+            })
+        };
+        let s_tid = rx.recv().unwrap();
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|_| {
+                let g = g.clone();
+                thread::spawn(move || {
+                    let w = Worker::register(&g);
+                    let t = w.task();
+                    let yield_to_server = || {
+                        t.store_state(StateWord(UMCG_TASK_IDLE | UMCG_TF_LOCKED));
+                        let s = announced_server(s_tid).unwrap();
+                        let _ = s.cas_word(StateWord(UMCG_TASK_IDLE), StateWord(UMCG_TASK_RUNNING));
+                        t.next_tid.store(0, Ordering::Release);
+                        worker_wait_once(t)
+                    };
+                    let r = yield_to_server();
+                    assert_eq!(r, Err(UmcgError::Errno(Errno::ESRCH)), "its server left");
+                    t.server_tid.store(0, Ordering::Release);
+                    t.store_state(StateWord(UMCG_TASK_RUNNING));
+                    worker_wait_once(t).unwrap();
+                    assert_eq!(t.server_tid.load(Ordering::Acquire), s_tid, "same TID");
+                    yield_to_server().expect("a yield to the re-registered server");
+                    assert_eq!(t.load_state(), StateWord(UMCG_TASK_RUNNING));
+                    w.exit();
+                })
+            })
+            .collect();
+        wait_for("S to hold both workers", || {
+            held.lock().unwrap().len() == WORKERS
+        });
+        for &a in held.lock().unwrap().iter() {
+            // SAFETY: worker tasks are leaked by the harness.
+            let t: &UmcgTask = unsafe { &*std::ptr::with_exposed_provenance(a) };
+            wait_for("a yielded worker to clear LOCKED", || {
+                t.load_state() == StateWord(UMCG_TASK_IDLE)
+            });
+            common::wait_until_sleeping(tid_of(t));
+        }
+        go.store(true, Ordering::Release);
+        for w in workers {
+            w.join().unwrap();
+        }
+        server.join().unwrap();
+        assert_eq!(kernel::registered_tasks(), 0);
+    });
+}

@@ -447,6 +447,13 @@ fn note_waiting_on(me: &KTask) -> Result<(), Errno> {
     if stid == 0 || (queued_on != 0 && t.idle_workers_ptr.load(Ordering::Acquire) != queued_on) {
         return Ok(()); // No server yet, or queued: any server may take it.
     }
+    // A flag left by an earlier departure (set after that wait had already ended, or seen
+    // by it) must not end this wait: the same TID may have registered again as a server.
+    // Cleared before `waiting_on` is published, so a scan that reads the new `waiting_on`
+    // writes its flag after this clear (both SeqCst on `server_left`'s modification order).
+    if me.server_left.load(Ordering::Relaxed) != 0 {
+        me.server_left.store(0, Ordering::SeqCst);
+    }
     me.waiting_on.store(stid, Ordering::SeqCst);
     let departures = SERVER_DEPARTURES.load(Ordering::SeqCst);
     // `checked_*` are written and read by this thread only (Relaxed).

@@ -56,8 +56,8 @@ pub(crate) struct KTask {
     /// run queue it waits in; 0 otherwise (`kernel`, "A server that leaves").
     pub(crate) waiting_on: AtomicU32,
     /// Written by a server named in `waiting_on` when it leaves (its TID): a wait whose
-    /// `waiting_on` matches ends with `ESRCH`. A stale value never matches a later wait
-    /// on a live server.
+    /// `waiting_on` matches ends with `ESRCH`. The worker clears it before it publishes
+    /// the `waiting_on` of its next wait (a TID may register again as a server).
     pub(crate) server_left: AtomicU32,
     /// Worker (own thread only): the server last found registered by `umcg_wait`'s check,
     /// and the process's server-departure count at that check (`kernel::note_waiting_on`).
