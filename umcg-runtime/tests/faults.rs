@@ -1721,3 +1721,307 @@ fn server_reregisters_after_leaving() {
         assert_eq!(kernel::registered_tasks(), 0);
     });
 }
+
+// ------------------------------------------------------------------------------------------
+// Idle-wakeup fds closed or replaced by user space (eventfd mode)
+
+/// Open fds of this process (`/proc/self/fd`, minus the directory's own fd).
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count() - 1
+}
+
+/// Whether fd `fd` is open.
+fn fd_open(fd: i32) -> bool {
+    // SAFETY: F_GETFD only reads the fd's flags.
+    let r = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    r != -1
+}
+
+/// What a [`FdServer`] is told to do.
+enum FdCmd {
+    /// Go IDLE and `umcg_wait(0, 0)` (retrying `EINTR`); report the result and the state.
+    Wait,
+    /// Unregister and end the thread.
+    Unregister,
+    /// End the thread registered.
+    Exit,
+}
+
+/// A server thread driven by commands; the test is its waker.
+struct FdServer {
+    tid: u32,
+    task: &'static UmcgTask,
+    cmd: mpsc::Sender<FdCmd>,
+    res: mpsc::Receiver<(Result<(), UmcgError>, StateWord)>,
+    h: thread::JoinHandle<()>,
+}
+
+impl FdServer {
+    fn start(g: &Arc<Group>) -> FdServer {
+        let (cmd, cmd_rx) = mpsc::channel();
+        let (res_tx, res) = mpsc::channel();
+        let (tx, rx) = mpsc::channel();
+        let g = g.clone();
+        let h = thread::spawn(move || {
+            let s = Server::register(&g);
+            announce(&s);
+            let s: &'static Server = Box::leak(Box::new(s)); // The task outlives an exit.
+            // SAFETY: leaked above: valid for the rest of the process.
+            let task: &'static UmcgTask = unsafe { &*(&*s.task as *const UmcgTask) };
+            tx.send((s.tid, task)).unwrap();
+            for c in cmd_rx {
+                match c {
+                    FdCmd::Wait => {
+                        task.store_state(StateWord(UMCG_TASK_IDLE));
+                        let r = loop {
+                            match kernel::umcg_wait(0, 0) {
+                                Err(UmcgError::Errno(Errno::EINTR)) => {}
+                                r => break r,
+                            }
+                        };
+                        res_tx.send((r, task.load_state())).unwrap();
+                    }
+                    FdCmd::Unregister => {
+                        // SAFETY: unregister takes no pointer.
+                        let r =
+                            unsafe { kernel::umcg_ctl(UMCG_CTL_UNREGISTER, std::ptr::null_mut()) };
+                        assert_eq!(r, Ok(kernel::Ctl::Done));
+                        return;
+                    }
+                    FdCmd::Exit => return,
+                }
+            }
+        });
+        let (tid, task) = rx.recv().unwrap();
+        FdServer {
+            tid,
+            task,
+            cmd,
+            res,
+            h,
+        }
+    }
+
+    /// Start an idle wait and return once the server sleeps in it.
+    fn idle(&self) {
+        self.cmd.send(FdCmd::Wait).unwrap();
+        wait_for("the server to go IDLE", || {
+            self.task.load_state() == StateWord(UMCG_TASK_IDLE)
+        });
+        common::wait_until_sleeping(self.tid);
+    }
+
+    /// Make it RUNNING and wake it (as a worker's wake hook would).
+    fn wake(&self) {
+        self.task
+            .cas_word(StateWord(UMCG_TASK_IDLE), StateWord(UMCG_TASK_RUNNING))
+            .unwrap();
+        kernel::wake(self.tid).unwrap();
+    }
+
+    /// The result of the idle wait (bounded: a lost wake fails the test).
+    fn result(&self) -> (Result<(), UmcgError>, StateWord) {
+        self.res
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the server's wait never returned (lost wakeup)")
+    }
+
+    fn end(self, how: FdCmd) {
+        self.cmd.send(how).unwrap();
+        self.h.join().unwrap();
+    }
+}
+
+fn is_idle_fd_broken(r: &Result<(), UmcgError>) -> bool {
+    matches!(
+        r,
+        Err(UmcgError::Violation(kernel::Violation {
+            kind: kernel::ViolationKind::IdleFdBroken(_),
+            ..
+        }))
+    )
+}
+
+/// After the fds are found broken: the server sleeps on its futex and a wake still reaches
+/// it (twice, to see that the fallback lasts).
+fn assert_futex_fallback(s: &FdServer) {
+    for _ in 0..2 {
+        s.idle();
+        s.wake();
+        let (r, st) = s.result();
+        assert_eq!(r, Ok(()), "after the report, waits work on the futex");
+        assert_eq!(st, StateWord(UMCG_TASK_RUNNING));
+    }
+}
+
+/// Eventfd idle-wakeup mode, user space closes or replaces a server's fds while it sleeps
+/// idle (module doc of `kernel`, "Idle-wakeup fds that user space closes"):
+///
+/// 1. The eventfd closed: the waker's write fails, the server (asleep in `epoll_wait`, its
+///    set now empty) finds out at its periodic check: its wait ends with `IdleFdBroken`,
+///    RUNNING (the wake was late, not lost). Later waits and wakes use the futex. On
+///    unregistration the epoll fd is not closed (its number is not proven ours any more).
+/// 2. A pipe `dup2`ed over the eventfd's number: the one wake written before the detection
+///    lands in the pipe (documented), the server detects the replacement (`ENOENT`) and is
+///    RUNNING; no later wake writes to the pipe, and unregistration does not close it.
+/// 3. The epoll fd closed while the server sleeps in it: that wait completes normally (the
+///    sleeping call holds the instance), the next one reports `IdleFdBroken` at once, still
+///    IDLE, and the futex takes over.
+#[test]
+fn idle_fd_closed_or_replaced() {
+    let _s = serial();
+    let was = kernel::idle_wakeup();
+    wait_for("no task registered", || kernel::registered_tasks() == 0);
+    kernel::set_idle_wakeup(IdleWakeup::EventFd).unwrap();
+    let _wd = watchdog(
+        "the closed-fd scenarios",
+        Duration::from_secs(40),
+        Arc::new(|| format!("registered {}", kernel::registered_tasks())),
+    );
+    let g = Group::new();
+
+    // 1. The eventfd closed.
+    let s = FdServer::start(&g);
+    let (efd, epfd) = kernel::idle_fds(s.tid).expect("eventfd mode");
+    s.idle();
+    // SAFETY: closing the emulator's eventfd on purpose (the fault under test).
+    assert_eq!(unsafe { libc::close(efd) }, 0);
+    s.wake();
+    let (r, st) = s.result();
+    assert!(is_idle_fd_broken(&r), "closed eventfd: {r:?}");
+    assert_eq!(st, StateWord(UMCG_TASK_RUNNING), "the wake was not lost");
+    assert_futex_fallback(&s);
+    s.end(FdCmd::Unregister);
+    assert!(fd_open(epfd), "the epoll fd is left open (not proven ours)");
+    // SAFETY: the leaked epoll fd; nothing uses it any more.
+    unsafe { libc::close(epfd) };
+
+    // 2. A pipe dup2ed over the eventfd's number.
+    let s = FdServer::start(&g);
+    let (efd, epfd) = kernel::idle_fds(s.tid).expect("eventfd mode");
+    let (pr, pw) = std::io::pipe().unwrap();
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: O_NONBLOCK on our pipe's read end (only flags change).
+        unsafe { libc::fcntl(pr.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    }
+    let pipe_bytes = || {
+        use std::io::Read;
+        let mut b = [0u8; 64];
+        match (&pr).read(&mut b) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    s.idle();
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: replacing the emulator's eventfd number with our pipe (the fault under test).
+        assert_eq!(unsafe { libc::dup2(pw.as_raw_fd(), efd) }, efd);
+    }
+    s.wake();
+    let (r, st) = s.result();
+    assert_eq!(
+        r,
+        Err(UmcgError::Violation(kernel::Violation {
+            kind: kernel::ViolationKind::IdleFdBroken(Errno::ENOENT),
+            tid: s.tid,
+            other_tid: 0,
+            state: None,
+        })),
+        "replaced eventfd"
+    );
+    assert_eq!(st, StateWord(UMCG_TASK_RUNNING), "the wake was not lost");
+    assert_eq!(
+        pipe_bytes(),
+        8,
+        "the wake before the detection went to the pipe"
+    );
+    assert_futex_fallback(&s);
+    assert_eq!(
+        pipe_bytes(),
+        0,
+        "no write reached the pipe after the detection"
+    );
+    s.end(FdCmd::Unregister);
+    assert!(
+        fd_open(efd),
+        "the emulator closed the pipe behind its old number"
+    );
+    assert!(fd_open(epfd));
+    // SAFETY: our dup of the pipe and the leaked epoll fd; nothing uses them any more.
+    unsafe {
+        libc::close(efd);
+        libc::close(epfd);
+    }
+    drop((pr, pw));
+
+    // 3. The epoll fd closed while the server sleeps in it.
+    let s = FdServer::start(&g);
+    let (efd, epfd) = kernel::idle_fds(s.tid).expect("eventfd mode");
+    s.idle();
+    // SAFETY: closing the emulator's epoll fd on purpose (the fault under test).
+    assert_eq!(unsafe { libc::close(epfd) }, 0);
+    s.wake();
+    let (r, st) = s.result();
+    assert_eq!(r, Ok(()), "the sleeping epoll_wait still held the instance");
+    assert_eq!(st, StateWord(UMCG_TASK_RUNNING));
+    s.cmd.send(FdCmd::Wait).unwrap();
+    let (r, st) = s.result();
+    assert_eq!(
+        r,
+        Err(UmcgError::Violation(kernel::Violation {
+            kind: kernel::ViolationKind::IdleFdBroken(Errno::EBADF),
+            tid: s.tid,
+            other_tid: 0,
+            state: None,
+        })),
+        "closed epoll fd"
+    );
+    assert_eq!(
+        st,
+        StateWord(UMCG_TASK_IDLE),
+        "reported at once, before any wake"
+    );
+    s.task.store_state(StateWord(UMCG_TASK_RUNNING));
+    assert_futex_fallback(&s);
+    s.end(FdCmd::Exit);
+    wait_for("the server's exit cleanup", || {
+        kernel::registered_tasks() == 0
+    });
+    assert!(fd_open(efd), "the eventfd is left open (not proven ours)");
+    // SAFETY: the leaked eventfd; nothing uses it any more.
+    unsafe { libc::close(efd) };
+
+    kernel::set_idle_wakeup(was).unwrap();
+}
+
+/// Eventfd idle-wakeup mode: every server's eventfd and epoll fd are closed when it
+/// unregisters or exits registered (deleted from the epoll set first): the process's fd
+/// count is back where it was.
+#[test]
+fn idle_fds_closed_on_unregister_and_exit() {
+    let _s = serial();
+    let was = kernel::idle_wakeup();
+    wait_for("no task registered", || kernel::registered_tasks() == 0);
+    kernel::set_idle_wakeup(IdleWakeup::EventFd).unwrap();
+    let g = Group::new();
+    let before = open_fds();
+    let servers: Vec<FdServer> = (0..4).map(|_| FdServer::start(&g)).collect();
+    assert_eq!(open_fds(), before + 2 * servers.len(), "two fds per server");
+    for (i, s) in servers.into_iter().enumerate() {
+        // Each has slept and been woken once through its fds.
+        s.idle();
+        s.wake();
+        assert_eq!(s.result().0, Ok(()));
+        s.end(if i % 2 == 0 {
+            FdCmd::Unregister
+        } else {
+            FdCmd::Exit
+        });
+    }
+    wait_for("every server's cleanup", || kernel::registered_tasks() == 0);
+    assert_eq!(open_fds(), before, "fds leaked by unregistration or exit");
+    kernel::set_idle_wakeup(was).unwrap();
+}

@@ -100,6 +100,34 @@
 //! are workers RUNNING on the server (it abandoned them: when they block, the block hook
 //! reports `ServerNotFound`, as v0.3 would have).
 //!
+//! # Idle-wakeup fds that user space closes
+//!
+//! In eventfd idle-wakeup mode each server owns an eventfd registered in an epoll instance
+//! of its own, created at registration, deleted from the epoll set and closed when the
+//! server unregisters or exits (so a process that registers and unregisters servers keeps
+//! its fd count). They belong to the emulator like a library's internal fds, but nothing
+//! stops user space from closing them or `dup2`ing another file over their numbers. The
+//! emulator never sleeps for ever or closes a file it does not own because of it:
+//! 1. Identity: epoll keys its interest list by file *and* fd number, so
+//!    `epoll_ctl(EPOLL_CTL_MOD)` of the eventfd's number fails (`ENOENT`, `EBADF`,
+//!    `EINVAL`) as soon as either number was closed or names another file.
+//! 2. A sleeping server checks that every [`registry::IDLE_FD_CHECK`] (1 s) of sleep; its
+//!    `epoll_wait` failing (`EBADF`, `EINVAL`) or a waker's eventfd write failing (`EBADF`)
+//!    also marks the fds broken. A wake written to a closed eventfd is therefore late by at
+//!    most that interval, never lost.
+//! 3. The server's next `umcg_wait` reports it, once: [`ViolationKind::IdleFdBroken`]
+//!    (abort by default; under [`OnViolation::ReturnError`] that wait returns the error,
+//!    with the server's state as it is). From then on the server sleeps on its state word's
+//!    futex and wakers wake that futex, as in list mode: the server keeps working.
+//! 4. On unregistration or exit the fds are closed only if the epoll delete succeeds (the
+//!    proof that both numbers are still the emulator's); otherwise neither number is closed
+//!    (they may name user space's files now).
+//!
+//! Not detected: between a replacement (a `dup2` of another *writable* file over the
+//! eventfd's number) and the server's detection (its next sleep, or the 1 s check), a waker
+//! writes its 8-byte wake into whatever file now has that number, as any library would
+//! whose fd was replaced under it. After the detection no write goes there.
+//!
 //! Hence the contract of [`umcg_ctl`]: a task stays valid until its thread unregisters or,
 //! if it never does, until the thread's thread-local destructors have run. A task on the
 //! thread's own stack must be unregistered before the thread function returns.
@@ -127,7 +155,7 @@ pub use error::{
 };
 use preempt::EmulatorSection;
 pub use preempt::{KICK_SIGNAL, no_preempt, umcg_kick};
-use registry::{IdleFd, KTask, Table};
+use registry::{IdleFd, IdleWait, KTask, Table};
 pub use registry::{fork_generation, registered_tasks};
 
 /// How idle servers are woken when a worker unblocks.
@@ -540,8 +568,8 @@ pub fn umcg_wait(flags: u32, abs_timeout: u64) -> Result<(), UmcgError> {
     }
     match r {
         Ok(()) => Ok(()),
-        Err(Errno::ETIMEDOUT) if me.worker => worker_timed_out(&me),
-        Err(e) => Err(e.into()),
+        Err(UmcgError::Errno(Errno::ETIMEDOUT)) if me.worker => worker_timed_out(&me),
+        Err(e) => Err(e),
     }
 }
 
@@ -553,7 +581,7 @@ pub fn umcg_wait(flags: u32, abs_timeout: u64) -> Result<(), UmcgError> {
 /// the emulator does not treat a stale futex wake (a waker's `futex_wake` arriving after the
 /// wakee already ran and slept again) as one, because a futex gives no way to tell them apart
 /// and such a wake would queue a worker that its scheduler still holds.
-fn idle_loop(me: &KTask, deadline: Option<Deadline>) -> Result<(), Errno> {
+fn idle_loop(me: &KTask, deadline: Option<Deadline>) -> Result<(), UmcgError> {
     let t = me.task();
     loop {
         let w = t.load_state();
@@ -561,9 +589,9 @@ fn idle_loop(me: &KTask, deadline: Option<Deadline>) -> Result<(), Errno> {
             if me.worker && t.server_tid.load(Ordering::Acquire) == 0 && !w.is_locked() {
                 // RUNNING without a server: the wake hook queues it (§2.5.2 step 2).
                 match wake_hook(me) {
-                    Ok(true) => return Err(Errno::EINTR),
+                    Ok(true) => return Err(Errno::EINTR.into()),
                     Ok(false) => continue,
-                    Err(_) => return Err(Errno::EFAULT),
+                    Err(_) => return Err(Errno::EFAULT.into()),
                 }
             }
             return Ok(());
@@ -572,9 +600,9 @@ fn idle_loop(me: &KTask, deadline: Option<Deadline>) -> Result<(), Errno> {
             let on = me.waiting_on.load(Ordering::SeqCst);
             on != 0 && me.server_left.load(Ordering::SeqCst) == on
         } {
-            return Err(Errno::ESRCH); // The server it waits on left (module doc).
+            return Err(Errno::ESRCH.into()); // The server it waits on left (module doc).
         }
-        match sleep(me, w, deadline) {
+        match sleep(me, w, deadline)? {
             FutexWait::ValueChanged => {}
             FutexWait::Woken => {
                 if me.worker
@@ -582,16 +610,16 @@ fn idle_loop(me: &KTask, deadline: Option<Deadline>) -> Result<(), Errno> {
                     && t.load_state().state() != TaskState::Running
                 {
                     match wake_hook(me) {
-                        Ok(true) => return Err(Errno::EINTR),
+                        Ok(true) => return Err(Errno::EINTR.into()),
                         Ok(false) => {}
                         // Violations abort by default; in test mode surface as EFAULT here
                         // (the real kernel would have killed the task).
-                        Err(_) => return Err(Errno::EFAULT),
+                        Err(_) => return Err(Errno::EFAULT.into()),
                     }
                 }
             }
-            FutexWait::Interrupted => return Err(Errno::EINTR),
-            FutexWait::TimedOut => return Err(Errno::ETIMEDOUT),
+            FutexWait::Interrupted => return Err(Errno::EINTR.into()),
+            FutexWait::TimedOut => return Err(Errno::ETIMEDOUT.into()),
         }
     }
 }
@@ -618,38 +646,56 @@ fn worker_timed_out(me: &KTask) -> Result<(), UmcgError> {
 }
 
 /// Sleep on the task's wake channel while its state word still holds `seen`.
-fn sleep(me: &KTask, seen: StateWord, deadline: Option<Deadline>) -> FutexWait {
-    match &me.idle_fd {
-        Some(fd) => {
-            let timeout = match deadline {
-                None => None,
-                Some(d) => {
-                    let (Deadline::Realtime(ns) | Deadline::Monotonic(ns)) = d;
-                    let now = match d {
-                        Deadline::Realtime(_) => sys::futex::realtime_now_ns(),
-                        Deadline::Monotonic(_) => sys::futex::monotonic_now_ns(),
-                    };
-                    if ns <= now {
-                        return FutexWait::TimedOut;
-                    }
-                    Some(core::time::Duration::from_nanos(ns - now))
-                }
+///
+/// A server whose idle-wakeup fds user space closed or replaced sleeps on the futex instead
+/// (wakers fall back too), after reporting it once ([`ViolationKind::IdleFdBroken`]; module
+/// doc, "Idle-wakeup fds that user space closes").
+fn sleep(me: &KTask, seen: StateWord, deadline: Option<Deadline>) -> Result<FutexWait, UmcgError> {
+    let Some(fd) = &me.idle_fd else {
+        return Ok(sys::futex_wait(&me.task().state, seen.bits(), deadline));
+    };
+    let report = |e| Err(v(ViolationKind::IdleFdBroken(e), me, 0, None));
+    if let Some(e) = fd.take_report() {
+        return report(e);
+    }
+    if fd.is_broken() {
+        return Ok(sys::futex_wait(&me.task().state, seen.bits(), deadline));
+    }
+    let timeout = match deadline {
+        None => None,
+        Some(d) => {
+            let (Deadline::Realtime(ns) | Deadline::Monotonic(ns)) = d;
+            let now = match d {
+                Deadline::Realtime(_) => sys::futex::realtime_now_ns(),
+                Deadline::Monotonic(_) => sys::futex::monotonic_now_ns(),
             };
-            if me.task().load_state() != seen {
-                return FutexWait::ValueChanged;
+            if ns <= now {
+                return Ok(FutexWait::TimedOut);
             }
-            fd.wait(timeout)
+            Some(core::time::Duration::from_nanos(ns - now))
         }
-        None => sys::futex_wait(&me.task().state, seen.bits(), deadline),
+    };
+    if me.task().load_state() != seen {
+        return Ok(FutexWait::ValueChanged);
+    }
+    match fd.wait(timeout) {
+        IdleWait::Futex(w) => Ok(w),
+        IdleWait::Broken(_) => match fd.take_report() {
+            Some(e) => report(e),
+            None => Ok(FutexWait::Woken), // Reported already: re-check the state word.
+        },
     }
 }
 
 /// "wake T": the caller has already stored T's new state.
 fn wake_task(k: &KTask, on_current_cpu: bool) {
-    if let Some(fd) = &k.idle_fd {
-        fd.signal();
+    if let Some(fd) = &k.idle_fd
+        && fd.signal().is_ok()
+    {
         return;
     }
+    // Futex mode, or a server whose fds are broken (it sleeps on the futex from its next
+    // wait on; one already asleep in epoll_wait finds out within `IDLE_FD_CHECK`).
     if on_current_cpu && k.worker && placement() == Placement::SameCpu {
         let cpu = sys::current_cpu() as i32;
         if k.cpu.load(Ordering::Relaxed) != cpu
@@ -910,6 +956,19 @@ pub fn wake(tid: u32) -> Result<(), UmcgError> {
     };
     wake_task(k, false);
     Ok(())
+}
+
+/// Eventfd idle-wakeup mode: the (eventfd, epoll fd) numbers of registered server `tid`;
+/// `None` if it is not a registered server with such fds. For tests and diagnostics: the
+/// fds belong to the emulator (module doc, "Idle-wakeup fds that user space closes").
+pub fn idle_fds(tid: u32) -> Option<(i32, i32)> {
+    let table = registry::read();
+    table
+        .by_tid
+        .get(&tid)?
+        .idle_fd
+        .as_ref()
+        .map(|f| f.raw_fds())
 }
 
 /// The calling thread's TID as the emulator knows it (0 if not registered).
