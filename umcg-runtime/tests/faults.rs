@@ -2025,3 +2025,207 @@ fn idle_fds_closed_on_unregister_and_exit() {
     assert_eq!(open_fds(), before, "fds leaked by unregistration or exit");
     kernel::set_idle_wakeup(was).unwrap();
 }
+
+// ------------------------------------------------------------------------------------------
+// Memory pressure: thread creation that fails
+
+/// Run `f` in a forked child and return its exit code: `f`'s value, 101 if it panicked
+/// (the message goes to the inherited stderr). A child killed by a signal (a crash) fails
+/// the test. The child starts with one thread, the caller's; it leaves with `_exit`.
+fn in_child(what: &str, f: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: fork in a process whose other threads hold no lock the child needs (the tests
+    // run one at a time; malloc is fork-safe in glibc, the emulator resets its registry).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+            // The harness's output capture dies with the child: print straight to fd 2.
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            raw_eprint(&format!("{what}: the child panicked: {msg}\n"));
+            101
+        });
+        // SAFETY: _exit ends the child without running the parent's atexit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child; `status` is a valid out-pointer.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(r, pid, "waitpid");
+    assert!(
+        !libc::WIFSIGNALED(status),
+        "{what}: the child crashed with signal {}",
+        libc::WTERMSIG(status)
+    );
+    libc::WEXITSTATUS(status)
+}
+
+/// `setrlimit(RLIMIT_AS)` soft limit (the hard limit is left alone, so it can be raised
+/// back); `None` = unlimited.
+fn set_as_limit(bytes: Option<u64>) {
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut cur) }, 0);
+    cur.rlim_cur = bytes.map_or(cur.rlim_max, |b| b.min(cur.rlim_max));
+    // SAFETY: valid in-pointer.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &cur) }, 0);
+}
+
+/// The process's mapped address space (`VmSize` of `/proc/self/status`), bytes.
+fn vm_size() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+fn threads() -> usize {
+    process_tids().len()
+}
+
+/// Threads with the default stack size, blocked until dropped: they take the stacks that
+/// glibc caches from exited threads (up to 40 MiB, reused without a new mapping), so that a
+/// later thread creation must map its stack (and fails under `RLIMIT_AS`).
+struct HeldThreads(Vec<(mpsc::Sender<()>, thread::JoinHandle<()>)>);
+
+fn hold_cached_stacks() -> HeldThreads {
+    HeldThreads(
+        (0..32)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel::<()>();
+                (
+                    tx,
+                    thread::spawn(move || {
+                        let _ = rx.recv();
+                    }),
+                )
+            })
+            .collect(),
+    )
+}
+
+impl Drop for HeldThreads {
+    fn drop(&mut self) {
+        for (tx, h) in self.0.drain(..) {
+            drop(tx);
+            h.join().unwrap();
+        }
+    }
+}
+
+/// Spawning when no worker thread can be created (its stack cannot be mapped): `try_spawn`
+/// returns [`umcg_runtime::Error::Spawn`], `spawn`'s handle returns a (non-panic) error from
+/// `join`, nothing is left registered or running, and the runtime still works and shuts
+/// down. In a forked child: a 1 PiB worker stack (more than the address space; the same
+/// `pthread_create` failure as the thread limit or `vm.max_map_count`), then `RLIMIT_AS` just
+/// above the child's current size.
+#[test]
+fn worker_creation_fails_with_an_error() {
+    let _s = serial();
+    let code = in_child("a 1 PiB worker stack", || {
+        let rt = Runtime::builder()
+            .servers(1)
+            .time_slice(None)
+            .worker_stack_size(1 << 50)
+            .build()
+            .unwrap();
+        let threads0 = threads();
+        match rt.try_spawn(|| 1) {
+            Err(umcg_runtime::Error::Spawn(_)) => {}
+            r => panic!("try_spawn: {:?}", r.map(|_| ())),
+        }
+        let e = rt.spawn(|| 1).join().unwrap_err();
+        assert!(!e.is_panic(), "{e}");
+        assert!(
+            e.to_string().contains("no worker thread could be started"),
+            "{e}"
+        );
+        assert_eq!(threads(), threads0, "a thread was left behind");
+        assert_eq!(rt.live_workers(), 0);
+        rt.shutdown().unwrap();
+        assert_eq!(kernel::registered_tasks(), 0);
+        0
+    });
+    assert_eq!(code, 0, "a 1 PiB worker stack");
+
+    let code = in_child("RLIMIT_AS", || {
+        // No pool: every spawn creates a thread. No spawn before the limit: a 16 MiB stack
+        // freed by a finished worker would be cached and reused without a mapping.
+        let rt = Runtime::builder()
+            .servers(1)
+            .time_slice(None)
+            .worker_stack_size(16 << 20)
+            .max_pooled_workers(0)
+            .build()
+            .unwrap();
+        let threads0 = threads();
+        // A 16 MiB stack no longer fits; small allocations still do.
+        set_as_limit(Some(vm_size() + (4 << 20)));
+        for _ in 0..3 {
+            match rt.try_spawn(|| 1) {
+                Err(umcg_runtime::Error::Spawn(e)) => {
+                    assert!(
+                        matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENOMEM)),
+                        "{e}"
+                    )
+                }
+                r => panic!("try_spawn under RLIMIT_AS: {:?}", r.map(|_| ())),
+            }
+        }
+        set_as_limit(None);
+        assert_eq!(threads(), threads0);
+        assert_eq!(rt.try_spawn(|| 6 * 7).unwrap().join().unwrap(), 42, "after");
+        rt.shutdown().unwrap();
+        assert_eq!(kernel::registered_tasks(), 0);
+        0
+    });
+    assert_eq!(code, 0, "RLIMIT_AS");
+}
+
+/// `build` when a server thread cannot be created: [`umcg_runtime::Error::Spawn`], and the
+/// servers that did start are stopped and joined (nothing registered, no thread left).
+/// In a forked child under `RLIMIT_AS`: room for no server stack at all, then for one of
+/// two.
+#[test]
+fn server_creation_fails_with_an_error() {
+    let _s = serial();
+    let code = in_child("server creation under RLIMIT_AS", || {
+        let held = hold_cached_stacks();
+        let threads0 = threads();
+        for (servers, room) in [(1usize, 1u64 << 20), (2, 3 << 20)] {
+            set_as_limit(Some(vm_size() + room));
+            let r = Runtime::builder()
+                .servers(servers)
+                .pin_servers(false)
+                .time_slice(None)
+                .build();
+            set_as_limit(None);
+            match r {
+                Err(umcg_runtime::Error::Spawn(_)) => {}
+                Err(e) => panic!("{servers} servers: {e}"),
+                Ok(_) => panic!("{servers} servers with {room} bytes to spare: built"),
+            }
+            assert_eq!(kernel::registered_tasks(), 0, "a server left registered");
+            assert_eq!(threads(), threads0, "a server thread left running");
+        }
+        drop(held);
+        let rt = Runtime::builder()
+            .servers(2)
+            .time_slice(None)
+            .build()
+            .unwrap();
+        assert_eq!(rt.spawn(|| 6 * 7).join().unwrap(), 42, "after");
+        rt.shutdown().unwrap();
+        0
+    });
+    assert_eq!(code, 0, "server creation under RLIMIT_AS");
+}
