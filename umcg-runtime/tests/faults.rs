@@ -1630,9 +1630,12 @@ fn server_reregisters_after_leaving() {
         );
         let go = Arc::new(AtomicBool::new(false));
         let held = Arc::new(Mutex::new(Vec::<usize>::new()));
+        // Workers about to exit (both a yield and an exit hand the server back its CPU
+        // IDLE|LOCKED; a yield clears LOCKED later, inside its umcg_wait).
+        let exiting = Arc::new(Mutex::new(Vec::<usize>::new()));
         let (tx, rx) = mpsc::channel();
         let server = {
-            let (g, go, held) = (g.clone(), go.clone(), held.clone());
+            let (g, go, held, exiting) = (g.clone(), go.clone(), held.clone(), exiting.clone());
             thread::spawn(move || {
                 let s = Server::register(&g);
                 announce(&s);
@@ -1663,9 +1666,12 @@ fn server_reregisters_after_leaving() {
                 while exited < WORKERS {
                     s.wait_for_workers(Instant::now() + limit);
                     while let Some(w) = g.pop_runnable() {
+                        wait_for("a yielded worker to clear LOCKED", || {
+                            !w.load_state().is_locked()
+                        });
                         let st = run_bounded(&s, w, limit).unwrap();
                         assert_eq!(st.state(), TaskState::Idle, "{st:?}");
-                        if st.is_locked() {
+                        if exiting.lock().unwrap().contains(&addr(w)) {
                             exited += 1;
                         } else {
                             yields += 1;
@@ -1679,7 +1685,7 @@ fn server_reregisters_after_leaving() {
         let s_tid = rx.recv().unwrap();
         let workers: Vec<_> = (0..WORKERS)
             .map(|_| {
-                let g = g.clone();
+                let (g, exiting) = (g.clone(), exiting.clone());
                 thread::spawn(move || {
                     let w = Worker::register(&g);
                     let t = w.task();
@@ -1698,6 +1704,7 @@ fn server_reregisters_after_leaving() {
                     assert_eq!(t.server_tid.load(Ordering::Acquire), s_tid, "same TID");
                     yield_to_server().expect("a yield to the re-registered server");
                     assert_eq!(t.load_state(), StateWord(UMCG_TASK_RUNNING));
+                    exiting.lock().unwrap().push(addr(t));
                     w.exit();
                 })
             })
@@ -2092,36 +2099,6 @@ fn threads() -> usize {
     process_tids().len()
 }
 
-/// Threads with the default stack size, blocked until dropped: they take the stacks that
-/// glibc caches from exited threads (up to 40 MiB, reused without a new mapping), so that a
-/// later thread creation must map its stack (and fails under `RLIMIT_AS`).
-struct HeldThreads(Vec<(mpsc::Sender<()>, thread::JoinHandle<()>)>);
-
-fn hold_cached_stacks() -> HeldThreads {
-    HeldThreads(
-        (0..32)
-            .map(|_| {
-                let (tx, rx) = mpsc::channel::<()>();
-                (
-                    tx,
-                    thread::spawn(move || {
-                        let _ = rx.recv();
-                    }),
-                )
-            })
-            .collect(),
-    )
-}
-
-impl Drop for HeldThreads {
-    fn drop(&mut self) {
-        for (tx, h) in self.0.drain(..) {
-            drop(tx);
-            h.join().unwrap();
-        }
-    }
-}
-
 /// Spawning when no worker thread can be created (its stack cannot be mapped): `try_spawn`
 /// returns [`umcg_runtime::Error::Spawn`], `spawn`'s handle returns a (non-panic) error from
 /// `join`, nothing is left registered or running, and the runtime still works and shuts
@@ -2191,33 +2168,70 @@ fn worker_creation_fails_with_an_error() {
     assert_eq!(code, 0, "RLIMIT_AS");
 }
 
-/// `build` when a server thread cannot be created: [`umcg_runtime::Error::Spawn`], and the
-/// servers that did start are stopped and joined (nothing registered, no thread left).
-/// In a forked child under `RLIMIT_AS`: room for no server stack at all, then for one of
-/// two.
+/// The `RLIMIT_NPROC` at which this (single-threaded) process can create no thread: the
+/// number of tasks its user already has, as the kernel counts them (probed, since `/proc`
+/// may show tasks of other namespaces).
+fn nproc_in_use() -> u64 {
+    for l in 1..4096 {
+        set_nproc_limit(Some(l));
+        let r = thread::Builder::new().spawn(|| {});
+        set_nproc_limit(None);
+        if let Ok(h) = r {
+            h.join().unwrap();
+            wait_for("the probe thread to be reaped", || threads() == 1);
+            return l - 1;
+        }
+    }
+    panic!("RLIMIT_NPROC never allowed a thread");
+}
+
+/// `setrlimit(RLIMIT_NPROC)` soft limit; `None`: back to the hard limit.
+fn set_nproc_limit(n: Option<u64>) {
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut cur) }, 0);
+    cur.rlim_cur = n.map_or(cur.rlim_max, |n| n.min(cur.rlim_max));
+    // SAFETY: valid in-pointer.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NPROC, &cur) }, 0);
+}
+
+/// `build` when a server thread cannot be created (the thread limit): it returns
+/// [`umcg_runtime::Error::Spawn`], and the servers that did start are stopped and joined:
+/// nothing registered, no thread left. In a forked child under `RLIMIT_NPROC` (root is exempt
+/// from it, so a root child first becomes `nobody`): room for no server, then for one of two;
+/// then, with the limit lifted, a runtime builds and runs a job.
 #[test]
 fn server_creation_fails_with_an_error() {
     let _s = serial();
-    let code = in_child("server creation under RLIMIT_AS", || {
-        let held = hold_cached_stacks();
-        let threads0 = threads();
-        for (servers, room) in [(1usize, 1u64 << 20), (2, 3 << 20)] {
-            set_as_limit(Some(vm_size() + room));
+    let code = in_child("server creation under RLIMIT_NPROC", || {
+        // SAFETY: getuid/setgid/setuid in the single-threaded child.
+        unsafe {
+            if libc::getuid() == 0 && (libc::setgid(65534) != 0 || libc::setuid(65534) != 0) {
+                return 77; // Cannot drop root: RLIMIT_NPROC would not apply.
+            }
+        }
+        let in_use = nproc_in_use();
+        for (servers, room) in [(1usize, 0u64), (2, 1)] {
+            set_nproc_limit(Some(in_use + room));
             let r = Runtime::builder()
                 .servers(servers)
                 .pin_servers(false)
                 .time_slice(None)
                 .build();
-            set_as_limit(None);
+            set_nproc_limit(None);
             match r {
-                Err(umcg_runtime::Error::Spawn(_)) => {}
+                Err(umcg_runtime::Error::Spawn(e)) => {
+                    assert_eq!(e.raw_os_error(), Some(libc::EAGAIN), "{e}")
+                }
                 Err(e) => panic!("{servers} servers: {e}"),
-                Ok(_) => panic!("{servers} servers with {room} bytes to spare: built"),
+                Ok(_) => panic!("{servers} servers with room for {room} threads: built"),
             }
             assert_eq!(kernel::registered_tasks(), 0, "a server left registered");
-            assert_eq!(threads(), threads0, "a server thread left running");
+            assert_eq!(threads(), 1, "a server thread left running");
         }
-        drop(held);
         let rt = Runtime::builder()
             .servers(2)
             .time_slice(None)
@@ -2227,5 +2241,9 @@ fn server_creation_fails_with_an_error() {
         rt.shutdown().unwrap();
         0
     });
-    assert_eq!(code, 0, "server creation under RLIMIT_AS");
+    if code == 77 {
+        eprintln!("skipped: a root child could not become nobody (RLIMIT_NPROC)");
+        return;
+    }
+    assert_eq!(code, 0, "server creation under RLIMIT_NPROC");
 }
