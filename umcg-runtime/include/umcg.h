@@ -230,7 +230,12 @@ long umcg_ctl(uint32_t flags, struct umcg_task *task);
  * `abs_timeout` is an extension (as in v0.4+; v0.3 answered `EOPNOTSUPP`): 0 = none,
  * else an absolute `CLOCK_REALTIME` time in nanoseconds; past it, `ETIMEDOUT` (a server
  * is then still `UMCG_TASK_IDLE`). `EINTR` if a signal handler ran. `EINVAL` if the caller is not
- * registered.
+ * registered. Extension: a worker not queued on the idle-worker list gets `ESRCH` if its
+ * `server_tid` names no registered server, or if that server unregisters or exits while the
+ * worker waits (the worker is then `UMCG_TASK_IDLE` and on no list). In eventfd
+ * idle-wakeup mode the emulator owns an eventfd and an epoll fd per server: if user space
+ * closes either or `dup2`s over it, the server's next `umcg_wait` reports the contract
+ * violation (the process aborts with a message; no wake is lost meanwhile).
  */
 long umcg_wait(uint32_t flags, uint64_t abs_timeout);
 

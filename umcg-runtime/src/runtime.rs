@@ -231,27 +231,50 @@ impl Builder {
             sh.idle_servers.prepare(t);
         }
         let mut servers = Vec::with_capacity(n);
+        let mut spawn_error = None;
         for i in 0..n {
             let cpu = self.pin.then(|| cpus[i % cpus.len()]);
             let sh2 = sh.clone();
-            let h = thread::Builder::new()
+            let r = thread::Builder::new()
                 .name(format!("umcg-server-{i}"))
                 .spawn(move || {
                     if let Err(e) = server::server_main(sh2.clone(), i, cpu) {
                         eprintln!("umcg: server {i} failed: {e}");
                         sh2.server_ready(i, u32::MAX);
                     }
-                })
-                .map_err(Error::Spawn)?;
-            servers.push(h);
+                });
+            match r {
+                Ok(h) => servers.push(h),
+                Err(e) => {
+                    spawn_error = Some(e);
+                    break;
+                }
+            }
         }
-        // Wait until every server is registered (or failed).
+        // Wait until every started server is registered (or failed).
+        let started = servers.len();
         let (m, cv) = &sh.ready;
         let mut ready = lock(m);
-        while *ready < n {
+        while *ready < started {
             ready = cv.wait(ready).unwrap_or_else(|e| e.into_inner());
         }
         drop(ready);
+        if let Some(e) = spawn_error {
+            // Stop and join the servers that did start (registered, idle): a failed build
+            // leaves no thread and no registered task behind.
+            let mut rt = Runtime {
+                sh,
+                servers,
+                done: false,
+            };
+            rt.sh.begin_shutdown();
+            rt.sh.wake_all_idle_servers();
+            for s in rt.servers.drain(..) {
+                let _ = s.join();
+            }
+            rt.done = true;
+            return Err(Error::Spawn(e));
+        }
         if sh
             .server_tids
             .iter()
@@ -293,13 +316,26 @@ impl Runtime {
     }
 
     /// Run `f` on a worker. Never fails here: if no worker thread can be created, the
-    /// handle's [`JoinHandle::join`] returns the error.
+    /// handle's [`JoinHandle::join`] returns the error (see [`Runtime::try_spawn`]).
     pub fn spawn<F, T>(&self, f: F) -> JoinHandle<T>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
         self.sh.spawn(f)
+    }
+
+    /// Run `f` on a worker, or fail with [`Error::Spawn`] if no worker thread can be created
+    /// (thread limit, `vm.max_map_count`, memory for its stack) or [`Error::ForkedChild`] in
+    /// a forked child. The runtime is unaffected by a failure: later spawns may succeed.
+    /// Like `std::thread::Builder::spawn`; [`Runtime::spawn`] is the convenience that defers
+    /// the error to `join`.
+    pub fn try_spawn<F, T>(&self, f: F) -> Result<JoinHandle<T>, Error>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.sh.try_spawn(f)
     }
 
     /// Number of servers.
@@ -515,6 +551,10 @@ impl Shared {
 
     fn begin_shutdown(&self) {
         self.shutdown.store(true, Ordering::Release);
+        // The store, then the idle-server pops of `wake_all_idle_servers`: pairs with the
+        // fence an idling server issues between pushing itself and reading `shutdown`
+        // (`server.rs`, idle): either the server sees the flag, or the pop sees its node.
+        std::sync::atomic::fence(Ordering::SeqCst);
         let pooled = std::mem::take(&mut *lock(&self.pool));
         for w in &pooled {
             worker::unpark(self, w);
@@ -586,11 +626,25 @@ impl Shared {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let inner = Arc::new(JoinInner::new());
+        self.try_spawn(f).unwrap_or_else(|e| {
+            let inner = Arc::new(JoinInner::new());
+            inner.complete(Err(match e {
+                Error::Spawn(e) => JoinError::spawn(e),
+                e => JoinError(JoinErrorKind::Runtime(e)),
+            }));
+            JoinHandle { inner }
+        })
+    }
+
+    pub(crate) fn try_spawn<F, T>(self: &Arc<Self>, f: F) -> Result<JoinHandle<T>, Error>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
         if kernel::fork_generation() != self.fork_generation {
-            inner.complete(Err(JoinError(JoinErrorKind::Runtime(Error::ForkedChild))));
-            return JoinHandle { inner };
+            return Err(Error::ForkedChild);
         }
+        let inner = Arc::new(JoinInner::new());
         let done = inner.clone();
         let job: Job = Box::new(move || {
             let r = catch_unwind(AssertUnwindSafe(f)).map_err(JoinError::panicked);
@@ -605,12 +659,13 @@ impl Shared {
             }
             None => {
                 if let Err(e) = self.start_worker(job) {
+                    // The job (and with it `f`) is dropped unrun; nothing waits on `inner`.
                     self.job_done();
-                    inner.complete(Err(JoinError::spawn(e)));
+                    return Err(Error::Spawn(e));
                 }
             }
         }
-        JoinHandle { inner }
+        Ok(JoinHandle { inner })
     }
 
     fn start_worker(self: &Arc<Self>, job: Job) -> Result<(), std::io::Error> {

@@ -1219,3 +1219,1031 @@ fn registration_interrupted_by_signals_queues_once() {
     );
     worker.join().unwrap();
 }
+
+// ------------------------------------------------------------------------------------------
+// A server that leaves while workers wait for it
+
+/// How S1 leaves in the tests below.
+#[derive(Clone, Copy, Debug)]
+enum Leave {
+    /// `umcg_ctl(UNREGISTER)`; the thread stays alive until the test ends.
+    Unregister,
+    /// The thread returns registered (its task leaked): the TLS destructor unregisters it.
+    Exit,
+}
+
+/// S1, the server that leaves: registers, reports its TID, runs `body` (which takes and
+/// runs the workers), then leaves as `leave` says when `go` is set. The returned handle
+/// finishes once S1 has left (for `Unregister`, the thread then waits for `release`).
+fn leaving_server(
+    g: &Arc<Group>,
+    leave: Leave,
+    go: Arc<AtomicBool>,
+    release: Arc<AtomicBool>,
+    left: Arc<AtomicBool>,
+    body: impl FnOnce(&Server) + Send + 'static,
+) -> (thread::JoinHandle<()>, u32) {
+    let (tx, rx) = mpsc::channel();
+    let g = g.clone();
+    let h = thread::spawn(move || {
+        let s = Server::register(&g);
+        announce(&s);
+        tx.send(s.tid).unwrap();
+        body(&s);
+        wait_for("the test to let S1 leave", || go.load(Ordering::Acquire));
+        match leave {
+            Leave::Unregister => {
+                // SAFETY: unregister takes no pointer.
+                let r = unsafe { kernel::umcg_ctl(UMCG_CTL_UNREGISTER, std::ptr::null_mut()) };
+                assert_eq!(r, Ok(kernel::Ctl::Done));
+                left.store(true, Ordering::Release);
+                wait_for("the end of the test", || release.load(Ordering::Acquire));
+                drop(s); // Its second unregister fails (EINVAL), ignored by Drop.
+            }
+            Leave::Exit => {
+                // Exit registered: no unregister, the task stays allocated (leaked).
+                std::mem::forget(s);
+                // `left` is set by the test after the join: the TLS destructor runs after
+                // this closure returns.
+            }
+        }
+    });
+    (h, rx.recv().unwrap())
+}
+
+/// Let S1 (see [`leaving_server`]) leave, and wait until it has.
+fn s1_leaves(
+    leave: Leave,
+    go: &AtomicBool,
+    left: &AtomicBool,
+    s1: &mut Option<thread::JoinHandle<()>>,
+) {
+    go.store(true, Ordering::Release);
+    match leave {
+        Leave::Unregister => wait_for("S1 to unregister", || left.load(Ordering::Acquire)),
+        Leave::Exit => {
+            s1.take().unwrap().join().unwrap();
+            left.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// S2, the server that stays: an idle server serving the idle-worker list until `n`
+/// workers ran to their exit (LOCKED) on it. Returns the TIDs of the workers it ran.
+fn staying_server(g: &Arc<Group>, n: usize, limit: Duration) -> thread::JoinHandle<()> {
+    let g = g.clone();
+    thread::spawn(move || {
+        let s = Server::register(&g);
+        announce(&s);
+        let mut exited = 0;
+        while exited < n {
+            s.wait_for_workers(Instant::now() + limit);
+            while let Some(w) = g.pop_runnable() {
+                let st = run_bounded(&s, w, limit).unwrap();
+                assert_eq!(st.state(), TaskState::Idle, "S2 ran a worker: {st:?}");
+                assert!(st.is_locked(), "a worker S2 runs only exits: {st:?}");
+                exited += 1;
+            }
+        }
+        // S2 is RUNNING and off the idle-server list (wait_for_workers reclaimed its node):
+        // its Drop unregisters it.
+    })
+}
+
+/// Wait until S2 sleeps on the idle-server list (so that no worker can reach it earlier).
+fn wait_until_idle_on_list(g: &Group, n: usize) {
+    wait_for("S2 idle on the idle-server list", || {
+        common::live_idle_servers(g) == n
+    });
+}
+
+/// `umcg_wait(0, 0)` of a worker, retrying `EINTR` (without switching again).
+fn worker_wait_once(t: &UmcgTask) -> Result<(), UmcgError> {
+    loop {
+        match kernel::umcg_wait(0, 0) {
+            Err(UmcgError::Errno(Errno::EINTR)) => t.next_tid.store(0, Ordering::Release),
+            r => return r,
+        }
+    }
+}
+
+/// A server leaves (unregisters, or its thread exits registered) while two workers that
+/// handed it the CPU (they yielded: IDLE, in its private run queue, asleep in `umcg_wait`)
+/// wait for it to run them again. v0.3's kernel left them asleep for ever. Here:
+///
+/// 1. Their `umcg_wait` fails with `ESRCH`, state unchanged (IDLE) (the leaving server's
+///    scan, "A server that leaves" step 2: both are asleep in the kernel before S1 leaves).
+/// 2. A second `umcg_wait` naming the departed server fails with `ESRCH` at once (step 1:
+///    the departure count invalidates the worker's cached check).
+/// 3. Each puts itself back on the idle-worker list the v0.3 way (RUNNING without a server,
+///    then `umcg_wait`: the wake hook queues it and wakes the idle server S2), and S2 runs
+///    it to its exit.
+///
+/// Deterministic: S2 only registers once S1 holds both workers (nothing else can take them
+/// off the list first), and S1 leaves only once S2 is idle on the idle-server list and both
+/// workers are asleep in the kernel with LOCKED cleared. Both idle-wakeup modes.
+#[test]
+fn server_exits_while_workers_wait_on_it() {
+    let _s = serial();
+    in_both_modes(|mode| {
+        for leave in [Leave::Exit, Leave::Unregister] {
+            server_leaves_with_yielded_workers(mode, leave);
+        }
+    });
+}
+
+fn server_leaves_with_yielded_workers(mode: IdleWakeup, leave: Leave) {
+    const WORKERS: usize = 2;
+    let limit = Duration::from_secs(10);
+    let g = Group::new();
+    let esrch = Arc::new(AtomicU32::new(0));
+    let _wd = {
+        let esrch = esrch.clone();
+        watchdog(
+            "a server leaving with yielded workers",
+            Duration::from_secs(30),
+            Arc::new(move || {
+                format!(
+                    "{mode:?}/{leave:?}: ESRCH seen by {} workers, registered {}",
+                    esrch.load(Ordering::Acquire),
+                    kernel::registered_tasks()
+                )
+            }),
+        )
+    };
+    let (go, release, left) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let held = Arc::new(Mutex::new(Vec::<usize>::new()));
+    // S1 takes both workers off the list and runs each once; each yields back to it.
+    let (s1, s1_tid) = {
+        let (g, held) = (g.clone(), held.clone());
+        leaving_server(
+            &g.clone(),
+            leave,
+            go.clone(),
+            release.clone(),
+            left.clone(),
+            move |s| {
+                let mut n = 0;
+                while n < WORKERS {
+                    g.drain_idle_workers();
+                    let Some(w) = g.pop_runnable() else {
+                        thread::sleep(Duration::from_micros(100));
+                        continue;
+                    };
+                    let st = run_bounded(s, w, limit).unwrap();
+                    assert_eq!(st.state(), TaskState::Idle, "it yielded: {st:?}");
+                    held.lock().unwrap().push(addr(w));
+                    n += 1;
+                }
+            },
+        )
+    };
+    let mut s1 = Some(s1);
+    let tids = Arc::new(Mutex::new(Vec::new()));
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            let (g, esrch, tids) = (g.clone(), esrch.clone(), tids.clone());
+            thread::spawn(move || {
+                let w = Worker::register_with(&g, |_, tid| tids.lock().unwrap().push(tid));
+                let t = w.task();
+                assert_eq!(t.server_tid.load(Ordering::Acquire), s1_tid);
+                // Yield to S1: it keeps us in its own queue (`held`).
+                t.store_state(StateWord(UMCG_TASK_IDLE | UMCG_TF_LOCKED));
+                let s = announced_server(s1_tid).unwrap();
+                let _ = s.cas_word(StateWord(UMCG_TASK_IDLE), StateWord(UMCG_TASK_RUNNING));
+                t.next_tid.store(0, Ordering::Release);
+                let r = worker_wait_once(t);
+                assert_eq!(r, Err(UmcgError::Errno(Errno::ESRCH)), "its server left");
+                assert_eq!(t.load_state(), StateWord(UMCG_TASK_IDLE), "state unchanged");
+                // Again, still naming the departed server: ESRCH at once.
+                let r = worker_wait_once(t);
+                assert_eq!(r, Err(UmcgError::Errno(Errno::ESRCH)), "second wait");
+                esrch.fetch_add(1, Ordering::AcqRel);
+                // Back on the idle-worker list: RUNNING without a server, then wait.
+                t.server_tid.store(0, Ordering::Release);
+                t.store_state(StateWord(UMCG_TASK_RUNNING));
+                worker_wait_once(t).unwrap();
+                assert_eq!(t.load_state(), StateWord(UMCG_TASK_RUNNING));
+                assert_ne!(t.server_tid.load(Ordering::Acquire), s1_tid);
+                w.exit();
+            })
+        })
+        .collect();
+    wait_for("S1 to hold both workers", || {
+        held.lock().unwrap().len() == WORKERS
+    });
+    // Both asleep in umcg_wait's idle loop: LOCKED cleared (after the server check), asleep.
+    for &a in held.lock().unwrap().iter() {
+        // SAFETY: worker tasks are leaked by the harness.
+        let t: &UmcgTask = unsafe { &*std::ptr::with_exposed_provenance(a) };
+        wait_for("a yielded worker to clear LOCKED", || {
+            t.load_state() == StateWord(UMCG_TASK_IDLE)
+        });
+        common::wait_until_sleeping(tid_of(t));
+    }
+    assert_eq!(esrch.load(Ordering::Acquire), 0, "ESRCH before S1 left");
+    let s2 = staying_server(&g, WORKERS, limit);
+    wait_until_idle_on_list(&g, 1);
+    s1_leaves(leave, &go, &left, &mut s1);
+    wait_for("both workers to see ESRCH", || {
+        esrch.load(Ordering::Acquire) == WORKERS as u32
+    });
+    for w in workers {
+        w.join().unwrap();
+    }
+    s2.join().unwrap();
+    release.store(true, Ordering::Release);
+    if let Some(h) = s1 {
+        h.join().unwrap();
+    }
+    assert!(g.idle_workers.is_empty());
+    assert_eq!(kernel::registered_tasks(), 0);
+}
+
+/// A server leaves (unregisters, or exits registered) while workers it ran are queued on
+/// the idle-worker list with `server_tid` still naming it: W1 asleep in the wake hook after
+/// `kernel::blocking` (it blocked on S1, unblocked while S1 was busy), W2 back in user space
+/// after H5 and asleep in `umcg_wait` while queued. Neither is affected (any server may
+/// take a queued worker: W2's wait must not end with `ESRCH`), and S2 runs both to their
+/// exit. Both idle-wakeup modes.
+#[test]
+fn server_exits_while_workers_are_queued() {
+    let _s = serial();
+    install_usr2();
+    in_both_modes(|mode| {
+        for leave in [Leave::Exit, Leave::Unregister] {
+            server_leaves_with_queued_workers(mode, leave);
+        }
+    });
+}
+
+fn server_leaves_with_queued_workers(mode: IdleWakeup, leave: Leave) {
+    let limit = Duration::from_secs(10);
+    let g = Group::new();
+    let _wd = watchdog(
+        "a server leaving with queued workers",
+        Duration::from_secs(30),
+        Arc::new(move || {
+            format!(
+                "{mode:?}/{leave:?}: registered {}",
+                kernel::registered_tasks()
+            )
+        }),
+    );
+    let (go, release, left) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let unblock = Arc::new(AtomicBool::new(false));
+    let h5 = Arc::new(AtomicBool::new(false));
+    let ran = Arc::new(AtomicU32::new(0));
+    let (s1, s1_tid) = {
+        let (g, ran) = (g.clone(), ran.clone());
+        leaving_server(
+            &g.clone(),
+            leave,
+            go.clone(),
+            release.clone(),
+            left.clone(),
+            move |s| {
+                let mut n = 0;
+                while n < 2 {
+                    g.drain_idle_workers();
+                    let Some(w) = g.pop_runnable() else {
+                        thread::sleep(Duration::from_micros(100));
+                        continue;
+                    };
+                    // It blocks: BLOCKED, or already unblocked and queued again.
+                    let st = run_bounded(s, w, limit).unwrap();
+                    assert!(!st.is_locked(), "it blocked: {st:?}");
+                    ran.fetch_add(1, Ordering::AcqRel);
+                    n += 1;
+                }
+            },
+        )
+    };
+    let mut s1 = Some(s1);
+    let tids = Arc::new(Mutex::new(Vec::new()));
+    let tasks = Arc::new(Mutex::new(Vec::new()));
+    let raw_tid = Arc::new(AtomicU32::new(0));
+    let spawn_worker = |raw: bool| {
+        let (g, tids, tasks, unblock, h5, raw_tid) = (
+            g.clone(),
+            tids.clone(),
+            tasks.clone(),
+            unblock.clone(),
+            h5.clone(),
+            raw_tid.clone(),
+        );
+        thread::spawn(move || {
+            let w = Worker::register_with(&g, |t, tid| {
+                tids.lock().unwrap().push(tid);
+                tasks.lock().unwrap().push(addr(t));
+                if raw {
+                    raw_tid.store(tid, Ordering::Release);
+                }
+            });
+            let t = w.task();
+            assert_eq!(t.server_tid.load(Ordering::Acquire), s1_tid);
+            if raw {
+                // Block on S1 through the raw hooks; SIGUSR2 ends the wake hook's wait (H5):
+                // IDLE and queued, in user space; then wait in umcg_wait while queued.
+                kernel::block_begin().unwrap();
+                wait_for("the test to unblock", || unblock.load(Ordering::Acquire));
+                kernel::block_end().unwrap();
+                assert_eq!(t.load_state().state(), TaskState::Idle, "H5: IDLE");
+                h5.store(true, Ordering::Release);
+                t.next_tid.store(0, Ordering::Release);
+                worker_wait_once(t).expect("a queued worker's wait is not ended by S1 leaving");
+            } else {
+                kernel::blocking(|| {
+                    wait_for("the test to unblock", || unblock.load(Ordering::Acquire));
+                })
+                .unwrap();
+            }
+            assert_eq!(t.load_state(), StateWord(UMCG_TASK_RUNNING));
+            assert_ne!(t.server_tid.load(Ordering::Acquire), s1_tid);
+            w.exit();
+        })
+    };
+    let workers = [spawn_worker(false), spawn_worker(true)];
+    wait_for("S1 to run both workers", || {
+        ran.load(Ordering::Acquire) == 2
+    });
+    // Both unblock while S1 is busy (not idle: nobody is woken) and are queued.
+    unblock.store(true, Ordering::Release);
+    let queued = |a: usize| {
+        // SAFETY: worker tasks are leaked by the harness.
+        let t: &UmcgTask = unsafe { &*std::ptr::with_exposed_provenance(a) };
+        t.idle_workers_ptr.load(Ordering::Acquire) != g.idle_workers.addr()
+    };
+    let all_queued = || tasks.lock().unwrap().iter().all(|&a| queued(a));
+    wait_for("both workers queued on the idle-worker list", all_queued);
+    // The raw-hook worker sleeps in the wake hook until a signal ends that wait (H5); it
+    // then waits in umcg_wait, still queued.
+    interrupt_until(raw_tid.load(Ordering::Acquire), &h5);
+    let all_tids: Vec<u32> = tids.lock().unwrap().clone();
+    for &tid in &all_tids {
+        common::wait_until_sleeping(tid);
+    }
+    assert!(all_queued(), "a signal made a worker leave the list");
+    s1_leaves(leave, &go, &left, &mut s1);
+    // S1 is gone; both are still queued and asleep (nobody ended their waits).
+    for &tid in &all_tids {
+        common::wait_until_sleeping(tid);
+    }
+    assert!(all_queued(), "S1 leaving took a worker off the list");
+    let s2 = staying_server(&g, 2, limit);
+    for w in workers {
+        w.join().unwrap();
+    }
+    s2.join().unwrap();
+    release.store(true, Ordering::Release);
+    if let Some(h) = s1 {
+        h.join().unwrap();
+    }
+    assert!(g.idle_workers.is_empty());
+    assert_eq!(kernel::registered_tasks(), 0);
+}
+
+/// A server unregisters while two workers wait in its run queue (they get `ESRCH`), then
+/// the same thread registers again (same TID) and runs them; when they yield to it again,
+/// their wait must not end with `ESRCH`: the departure of the first registration says
+/// nothing about the second (found by this test: the flag a leaving server sets on its
+/// waiters was kept and matched the same TID in a later wait). Both idle-wakeup modes.
+#[test]
+fn server_reregisters_after_leaving() {
+    let _s = serial();
+    in_both_modes(|mode| {
+        const WORKERS: usize = 2;
+        let limit = Duration::from_secs(10);
+        let g = Group::new();
+        let _wd = watchdog(
+            "a server re-registering",
+            Duration::from_secs(30),
+            Arc::new(move || format!("{mode:?}: registered {}", kernel::registered_tasks())),
+        );
+        let go = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(Mutex::new(Vec::<usize>::new()));
+        // Workers about to exit (both a yield and an exit hand the server back its CPU
+        // IDLE|LOCKED; a yield clears LOCKED later, inside its umcg_wait).
+        let exiting = Arc::new(Mutex::new(Vec::<usize>::new()));
+        let (tx, rx) = mpsc::channel();
+        let server = {
+            let (g, go, held, exiting) = (g.clone(), go.clone(), held.clone(), exiting.clone());
+            thread::spawn(move || {
+                let s = Server::register(&g);
+                announce(&s);
+                tx.send(s.tid).unwrap();
+                while held.lock().unwrap().len() < WORKERS {
+                    g.drain_idle_workers();
+                    let Some(w) = g.pop_runnable() else {
+                        thread::sleep(Duration::from_micros(100));
+                        continue;
+                    };
+                    let st = run_bounded(&s, w, limit).unwrap();
+                    assert_eq!(st.state(), TaskState::Idle, "it yielded: {st:?}");
+                    held.lock().unwrap().push(addr(w));
+                }
+                wait_for("the test to let S leave", || go.load(Ordering::Acquire));
+                // SAFETY: unregister takes no pointer.
+                let r = unsafe { kernel::umcg_ctl(UMCG_CTL_UNREGISTER, std::ptr::null_mut()) };
+                assert_eq!(r, Ok(kernel::Ctl::Done));
+                // Keep the first task allocated, and its Drop from unregistering the second.
+                let tid = s.tid;
+                std::mem::forget(s);
+                let s = Server::register(&g);
+                assert_eq!(s.tid, tid);
+                announce(&s);
+                // Run each worker until it exits; a yield puts it back on the run queue.
+                let mut exited = 0;
+                let mut yields = 0;
+                while exited < WORKERS {
+                    s.wait_for_workers(Instant::now() + limit);
+                    while let Some(w) = g.pop_runnable() {
+                        wait_for("a yielded worker to clear LOCKED", || {
+                            !w.load_state().is_locked()
+                        });
+                        let st = run_bounded(&s, w, limit).unwrap();
+                        assert_eq!(st.state(), TaskState::Idle, "{st:?}");
+                        if exiting.lock().unwrap().contains(&addr(w)) {
+                            exited += 1;
+                        } else {
+                            yields += 1;
+                            g.runq.lock().unwrap().insert(0, addr(w));
+                        }
+                    }
+                }
+                assert_eq!(yields, WORKERS);
+            })
+        };
+        let s_tid = rx.recv().unwrap();
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|_| {
+                let (g, exiting) = (g.clone(), exiting.clone());
+                thread::spawn(move || {
+                    let w = Worker::register(&g);
+                    let t = w.task();
+                    let yield_to_server = || {
+                        t.store_state(StateWord(UMCG_TASK_IDLE | UMCG_TF_LOCKED));
+                        let s = announced_server(s_tid).unwrap();
+                        let _ = s.cas_word(StateWord(UMCG_TASK_IDLE), StateWord(UMCG_TASK_RUNNING));
+                        t.next_tid.store(0, Ordering::Release);
+                        worker_wait_once(t)
+                    };
+                    let r = yield_to_server();
+                    assert_eq!(r, Err(UmcgError::Errno(Errno::ESRCH)), "its server left");
+                    t.server_tid.store(0, Ordering::Release);
+                    t.store_state(StateWord(UMCG_TASK_RUNNING));
+                    worker_wait_once(t).unwrap();
+                    assert_eq!(t.server_tid.load(Ordering::Acquire), s_tid, "same TID");
+                    yield_to_server().expect("a yield to the re-registered server");
+                    assert_eq!(t.load_state(), StateWord(UMCG_TASK_RUNNING));
+                    exiting.lock().unwrap().push(addr(t));
+                    w.exit();
+                })
+            })
+            .collect();
+        wait_for("S to hold both workers", || {
+            held.lock().unwrap().len() == WORKERS
+        });
+        for &a in held.lock().unwrap().iter() {
+            // SAFETY: worker tasks are leaked by the harness.
+            let t: &UmcgTask = unsafe { &*std::ptr::with_exposed_provenance(a) };
+            wait_for("a yielded worker to clear LOCKED", || {
+                t.load_state() == StateWord(UMCG_TASK_IDLE)
+            });
+            common::wait_until_sleeping(tid_of(t));
+        }
+        go.store(true, Ordering::Release);
+        for w in workers {
+            w.join().unwrap();
+        }
+        server.join().unwrap();
+        assert_eq!(kernel::registered_tasks(), 0);
+    });
+}
+
+// ------------------------------------------------------------------------------------------
+// Idle-wakeup fds closed or replaced by user space (eventfd mode)
+
+/// Open fds of this process (`/proc/self/fd`, minus the directory's own fd).
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count() - 1
+}
+
+/// Whether fd `fd` is open.
+fn fd_open(fd: i32) -> bool {
+    // SAFETY: F_GETFD only reads the fd's flags.
+    let r = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    r != -1
+}
+
+/// What a [`FdServer`] is told to do.
+enum FdCmd {
+    /// Go IDLE and `umcg_wait(0, 0)` (retrying `EINTR`); report the result and the state.
+    Wait,
+    /// Unregister and end the thread.
+    Unregister,
+    /// End the thread registered.
+    Exit,
+}
+
+/// A server thread driven by commands; the test is its waker.
+struct FdServer {
+    tid: u32,
+    task: &'static UmcgTask,
+    cmd: mpsc::Sender<FdCmd>,
+    res: mpsc::Receiver<(Result<(), UmcgError>, StateWord)>,
+    h: thread::JoinHandle<()>,
+}
+
+impl FdServer {
+    fn start(g: &Arc<Group>) -> FdServer {
+        let (cmd, cmd_rx) = mpsc::channel();
+        let (res_tx, res) = mpsc::channel();
+        let (tx, rx) = mpsc::channel();
+        let g = g.clone();
+        let h = thread::spawn(move || {
+            let s = Server::register(&g);
+            announce(&s);
+            let s: &'static Server = Box::leak(Box::new(s)); // The task outlives an exit.
+            // SAFETY: leaked above: valid for the rest of the process.
+            let task: &'static UmcgTask = unsafe { &*(&*s.task as *const UmcgTask) };
+            tx.send((s.tid, task)).unwrap();
+            for c in cmd_rx {
+                match c {
+                    FdCmd::Wait => {
+                        task.store_state(StateWord(UMCG_TASK_IDLE));
+                        let r = loop {
+                            match kernel::umcg_wait(0, 0) {
+                                Err(UmcgError::Errno(Errno::EINTR)) => {}
+                                r => break r,
+                            }
+                        };
+                        res_tx.send((r, task.load_state())).unwrap();
+                    }
+                    FdCmd::Unregister => {
+                        // SAFETY: unregister takes no pointer.
+                        let r =
+                            unsafe { kernel::umcg_ctl(UMCG_CTL_UNREGISTER, std::ptr::null_mut()) };
+                        assert_eq!(r, Ok(kernel::Ctl::Done));
+                        return;
+                    }
+                    FdCmd::Exit => return,
+                }
+            }
+        });
+        let (tid, task) = rx.recv().unwrap();
+        FdServer {
+            tid,
+            task,
+            cmd,
+            res,
+            h,
+        }
+    }
+
+    /// Start an idle wait and return once the server sleeps in it.
+    fn idle(&self) {
+        self.cmd.send(FdCmd::Wait).unwrap();
+        wait_for("the server to go IDLE", || {
+            self.task.load_state() == StateWord(UMCG_TASK_IDLE)
+        });
+        common::wait_until_sleeping(self.tid);
+    }
+
+    /// Make it RUNNING and wake it (as a worker's wake hook would).
+    fn wake(&self) {
+        self.task
+            .cas_word(StateWord(UMCG_TASK_IDLE), StateWord(UMCG_TASK_RUNNING))
+            .unwrap();
+        kernel::wake(self.tid).unwrap();
+    }
+
+    /// The result of the idle wait (bounded: a lost wake fails the test).
+    fn result(&self) -> (Result<(), UmcgError>, StateWord) {
+        self.res
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the server's wait never returned (lost wakeup)")
+    }
+
+    fn end(self, how: FdCmd) {
+        self.cmd.send(how).unwrap();
+        self.h.join().unwrap();
+    }
+}
+
+fn is_idle_fd_broken(r: &Result<(), UmcgError>) -> bool {
+    matches!(
+        r,
+        Err(UmcgError::Violation(kernel::Violation {
+            kind: kernel::ViolationKind::IdleFdBroken(_),
+            ..
+        }))
+    )
+}
+
+/// After the fds are found broken: the server sleeps on its futex and a wake still reaches
+/// it (twice, to see that the fallback lasts).
+fn assert_futex_fallback(s: &FdServer) {
+    for _ in 0..2 {
+        s.idle();
+        s.wake();
+        let (r, st) = s.result();
+        assert_eq!(r, Ok(()), "after the report, waits work on the futex");
+        assert_eq!(st, StateWord(UMCG_TASK_RUNNING));
+    }
+}
+
+/// Eventfd idle-wakeup mode, user space closes or replaces a server's fds while it sleeps
+/// idle (module doc of `kernel`, "Idle-wakeup fds that user space closes"):
+///
+/// 1. The eventfd closed: the waker's write fails, the server (asleep in `epoll_wait`, its
+///    set now empty) finds out at its periodic check: its wait ends with `IdleFdBroken`,
+///    RUNNING (the wake was late, not lost). Later waits and wakes use the futex. On
+///    unregistration the epoll fd is not closed (its number is not proven ours any more).
+/// 2. A pipe `dup2`ed over the eventfd's number: the one wake written before the detection
+///    lands in the pipe (documented), the server detects the replacement (`ENOENT`) and is
+///    RUNNING; no later wake writes to the pipe, and unregistration does not close it.
+/// 3. The epoll fd closed while the server sleeps in it: that wait completes normally (the
+///    sleeping call holds the instance), the next one reports `IdleFdBroken` at once, still
+///    IDLE, and the futex takes over.
+#[test]
+fn idle_fd_closed_or_replaced() {
+    let _s = serial();
+    let was = kernel::idle_wakeup();
+    wait_for("no task registered", || kernel::registered_tasks() == 0);
+    kernel::set_idle_wakeup(IdleWakeup::EventFd).unwrap();
+    let _wd = watchdog(
+        "the closed-fd scenarios",
+        Duration::from_secs(40),
+        Arc::new(|| format!("registered {}", kernel::registered_tasks())),
+    );
+    let g = Group::new();
+
+    // 1. The eventfd closed.
+    let s = FdServer::start(&g);
+    let (efd, epfd) = kernel::idle_fds(s.tid).expect("eventfd mode");
+    s.idle();
+    // SAFETY: closing the emulator's eventfd on purpose (the fault under test).
+    assert_eq!(unsafe { libc::close(efd) }, 0);
+    s.wake();
+    let (r, st) = s.result();
+    assert!(is_idle_fd_broken(&r), "closed eventfd: {r:?}");
+    assert_eq!(st, StateWord(UMCG_TASK_RUNNING), "the wake was not lost");
+    assert_futex_fallback(&s);
+    s.end(FdCmd::Unregister);
+    assert!(fd_open(epfd), "the epoll fd is left open (not proven ours)");
+    // SAFETY: the leaked epoll fd; nothing uses it any more.
+    unsafe { libc::close(epfd) };
+
+    // 2. A pipe dup2ed over the eventfd's number.
+    let s = FdServer::start(&g);
+    let (efd, epfd) = kernel::idle_fds(s.tid).expect("eventfd mode");
+    let (pr, pw) = std::io::pipe().unwrap();
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: O_NONBLOCK on our pipe's read end (only flags change).
+        unsafe { libc::fcntl(pr.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    }
+    let pipe_bytes = || {
+        use std::io::Read;
+        let mut b = [0u8; 64];
+        match (&pr).read(&mut b) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    s.idle();
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: replacing the emulator's eventfd number with our pipe (the fault under test).
+        assert_eq!(unsafe { libc::dup2(pw.as_raw_fd(), efd) }, efd);
+    }
+    s.wake();
+    let (r, st) = s.result();
+    assert_eq!(
+        r,
+        Err(UmcgError::Violation(kernel::Violation {
+            kind: kernel::ViolationKind::IdleFdBroken(Errno::ENOENT),
+            tid: s.tid,
+            other_tid: 0,
+            state: None,
+        })),
+        "replaced eventfd"
+    );
+    assert_eq!(st, StateWord(UMCG_TASK_RUNNING), "the wake was not lost");
+    assert_eq!(
+        pipe_bytes(),
+        8,
+        "the wake before the detection went to the pipe"
+    );
+    assert_futex_fallback(&s);
+    assert_eq!(
+        pipe_bytes(),
+        0,
+        "no write reached the pipe after the detection"
+    );
+    s.end(FdCmd::Unregister);
+    assert!(
+        fd_open(efd),
+        "the emulator closed the pipe behind its old number"
+    );
+    assert!(fd_open(epfd));
+    // SAFETY: our dup of the pipe and the leaked epoll fd; nothing uses them any more.
+    unsafe {
+        libc::close(efd);
+        libc::close(epfd);
+    }
+    drop((pr, pw));
+
+    // 3. The epoll fd closed while the server sleeps in it.
+    let s = FdServer::start(&g);
+    let (efd, epfd) = kernel::idle_fds(s.tid).expect("eventfd mode");
+    s.idle();
+    // SAFETY: closing the emulator's epoll fd on purpose (the fault under test).
+    assert_eq!(unsafe { libc::close(epfd) }, 0);
+    s.wake();
+    let (r, st) = s.result();
+    assert_eq!(r, Ok(()), "the sleeping epoll_wait still held the instance");
+    assert_eq!(st, StateWord(UMCG_TASK_RUNNING));
+    s.cmd.send(FdCmd::Wait).unwrap();
+    let (r, st) = s.result();
+    assert_eq!(
+        r,
+        Err(UmcgError::Violation(kernel::Violation {
+            kind: kernel::ViolationKind::IdleFdBroken(Errno::EBADF),
+            tid: s.tid,
+            other_tid: 0,
+            state: None,
+        })),
+        "closed epoll fd"
+    );
+    assert_eq!(
+        st,
+        StateWord(UMCG_TASK_IDLE),
+        "reported at once, before any wake"
+    );
+    s.task.store_state(StateWord(UMCG_TASK_RUNNING));
+    assert_futex_fallback(&s);
+    s.end(FdCmd::Exit);
+    wait_for("the server's exit cleanup", || {
+        kernel::registered_tasks() == 0
+    });
+    assert!(fd_open(efd), "the eventfd is left open (not proven ours)");
+    // SAFETY: the leaked eventfd; nothing uses it any more.
+    unsafe { libc::close(efd) };
+
+    kernel::set_idle_wakeup(was).unwrap();
+}
+
+/// Eventfd idle-wakeup mode: every server's eventfd and epoll fd are closed when it
+/// unregisters or exits registered (deleted from the epoll set first): the process's fd
+/// count is back where it was.
+#[test]
+fn idle_fds_closed_on_unregister_and_exit() {
+    let _s = serial();
+    let was = kernel::idle_wakeup();
+    wait_for("no task registered", || kernel::registered_tasks() == 0);
+    kernel::set_idle_wakeup(IdleWakeup::EventFd).unwrap();
+    let g = Group::new();
+    let before = open_fds();
+    let servers: Vec<FdServer> = (0..4).map(|_| FdServer::start(&g)).collect();
+    assert_eq!(open_fds(), before + 2 * servers.len(), "two fds per server");
+    for (i, s) in servers.into_iter().enumerate() {
+        // Each has slept and been woken once through its fds.
+        s.idle();
+        s.wake();
+        assert_eq!(s.result().0, Ok(()));
+        s.end(if i % 2 == 0 {
+            FdCmd::Unregister
+        } else {
+            FdCmd::Exit
+        });
+    }
+    wait_for("every server's cleanup", || kernel::registered_tasks() == 0);
+    assert_eq!(open_fds(), before, "fds leaked by unregistration or exit");
+    kernel::set_idle_wakeup(was).unwrap();
+}
+
+// ------------------------------------------------------------------------------------------
+// Memory pressure: thread creation that fails
+
+/// Run `f` in a forked child and return its exit code: `f`'s value, 101 if it panicked
+/// (the message goes to the inherited stderr). A child killed by a signal (a crash) fails
+/// the test. The child starts with one thread, the caller's; it leaves with `_exit`.
+fn in_child(what: &str, f: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: fork in a process whose other threads hold no lock the child needs (the tests
+    // run one at a time; malloc is fork-safe in glibc, the emulator resets its registry).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+            // The harness's output capture dies with the child: print straight to fd 2.
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            raw_eprint(&format!("{what}: the child panicked: {msg}\n"));
+            101
+        });
+        // SAFETY: _exit ends the child without running the parent's atexit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child; `status` is a valid out-pointer.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(r, pid, "waitpid");
+    assert!(
+        !libc::WIFSIGNALED(status),
+        "{what}: the child crashed with signal {}",
+        libc::WTERMSIG(status)
+    );
+    libc::WEXITSTATUS(status)
+}
+
+/// `setrlimit(RLIMIT_AS)` soft limit (the hard limit is left alone, so it can be raised
+/// back); `None` = unlimited.
+fn set_as_limit(bytes: Option<u64>) {
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut cur) }, 0);
+    cur.rlim_cur = bytes.map_or(cur.rlim_max, |b| b.min(cur.rlim_max));
+    // SAFETY: valid in-pointer.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &cur) }, 0);
+}
+
+/// The process's mapped address space (`VmSize` of `/proc/self/status`), bytes.
+fn vm_size() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+fn threads() -> usize {
+    process_tids().len()
+}
+
+/// Spawning when no worker thread can be created (its stack cannot be mapped): `try_spawn`
+/// returns [`umcg_runtime::Error::Spawn`], `spawn`'s handle returns a (non-panic) error from
+/// `join`, nothing is left registered or running, and the runtime still works and shuts
+/// down. In a forked child: a 1 PiB worker stack (more than the address space; the same
+/// `pthread_create` failure as the thread limit or `vm.max_map_count`), then `RLIMIT_AS` just
+/// above the child's current size.
+#[test]
+fn worker_creation_fails_with_an_error() {
+    let _s = serial();
+    let code = in_child("a 1 PiB worker stack", || {
+        let rt = Runtime::builder()
+            .servers(1)
+            .time_slice(None)
+            .worker_stack_size(1 << 50)
+            .build()
+            .unwrap();
+        let threads0 = threads();
+        match rt.try_spawn(|| 1) {
+            Err(umcg_runtime::Error::Spawn(_)) => {}
+            r => panic!("try_spawn: {:?}", r.map(|_| ())),
+        }
+        let e = rt.spawn(|| 1).join().unwrap_err();
+        assert!(!e.is_panic(), "{e}");
+        assert!(
+            e.to_string().contains("no worker thread could be started"),
+            "{e}"
+        );
+        assert_eq!(threads(), threads0, "a thread was left behind");
+        assert_eq!(rt.live_workers(), 0);
+        rt.shutdown().unwrap();
+        assert_eq!(kernel::registered_tasks(), 0);
+        0
+    });
+    assert_eq!(code, 0, "a 1 PiB worker stack");
+
+    let code = in_child("RLIMIT_AS", || {
+        // No pool: every spawn creates a thread. No spawn before the limit: a 16 MiB stack
+        // freed by a finished worker would be cached and reused without a mapping.
+        let rt = Runtime::builder()
+            .servers(1)
+            .time_slice(None)
+            .worker_stack_size(16 << 20)
+            .max_pooled_workers(0)
+            .build()
+            .unwrap();
+        let threads0 = threads();
+        // A 16 MiB stack no longer fits; small allocations still do.
+        set_as_limit(Some(vm_size() + (4 << 20)));
+        for _ in 0..3 {
+            match rt.try_spawn(|| 1) {
+                Err(umcg_runtime::Error::Spawn(e)) => {
+                    assert!(
+                        matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENOMEM)),
+                        "{e}"
+                    )
+                }
+                r => panic!("try_spawn under RLIMIT_AS: {:?}", r.map(|_| ())),
+            }
+        }
+        set_as_limit(None);
+        assert_eq!(threads(), threads0);
+        assert_eq!(rt.try_spawn(|| 6 * 7).unwrap().join().unwrap(), 42, "after");
+        rt.shutdown().unwrap();
+        assert_eq!(kernel::registered_tasks(), 0);
+        0
+    });
+    assert_eq!(code, 0, "RLIMIT_AS");
+}
+
+/// The `RLIMIT_NPROC` at which this (single-threaded) process can create no thread: the
+/// number of tasks its user already has, as the kernel counts them (probed, since `/proc`
+/// may show tasks of other namespaces).
+fn nproc_in_use() -> u64 {
+    for l in 1..4096 {
+        set_nproc_limit(Some(l));
+        let r = thread::Builder::new().spawn(|| {});
+        set_nproc_limit(None);
+        if let Ok(h) = r {
+            h.join().unwrap();
+            wait_for("the probe thread to be reaped", || threads() == 1);
+            return l - 1;
+        }
+    }
+    panic!("RLIMIT_NPROC never allowed a thread");
+}
+
+/// `setrlimit(RLIMIT_NPROC)` soft limit; `None`: back to the hard limit.
+fn set_nproc_limit(n: Option<u64>) {
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut cur) }, 0);
+    cur.rlim_cur = n.map_or(cur.rlim_max, |n| n.min(cur.rlim_max));
+    // SAFETY: valid in-pointer.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NPROC, &cur) }, 0);
+}
+
+/// `build` when a server thread cannot be created (the thread limit): it returns
+/// [`umcg_runtime::Error::Spawn`], and the servers that did start are stopped and joined:
+/// nothing registered, no thread left. In a forked child under `RLIMIT_NPROC` (root is exempt
+/// from it, so a root child first becomes `nobody`): room for no server, then for one of two;
+/// then, with the limit lifted, a runtime builds and runs a job.
+#[test]
+fn server_creation_fails_with_an_error() {
+    let _s = serial();
+    let code = in_child("server creation under RLIMIT_NPROC", || {
+        // SAFETY: getuid/setgid/setuid in the single-threaded child.
+        unsafe {
+            if libc::getuid() == 0 && (libc::setgid(65534) != 0 || libc::setuid(65534) != 0) {
+                return 77; // Cannot drop root: RLIMIT_NPROC would not apply.
+            }
+        }
+        let in_use = nproc_in_use();
+        for (servers, room) in [(1usize, 0u64), (2, 1)] {
+            set_nproc_limit(Some(in_use + room));
+            let r = Runtime::builder()
+                .servers(servers)
+                .pin_servers(false)
+                .time_slice(None)
+                .build();
+            set_nproc_limit(None);
+            match r {
+                Err(umcg_runtime::Error::Spawn(e)) => {
+                    assert_eq!(e.raw_os_error(), Some(libc::EAGAIN), "{e}")
+                }
+                Err(e) => panic!("{servers} servers: {e}"),
+                Ok(_) => panic!("{servers} servers with room for {room} threads: built"),
+            }
+            assert_eq!(kernel::registered_tasks(), 0, "a server left registered");
+            assert_eq!(threads(), 1, "a server thread left running");
+        }
+        let rt = Runtime::builder()
+            .servers(2)
+            .time_slice(None)
+            .build()
+            .unwrap();
+        assert_eq!(rt.spawn(|| 6 * 7).join().unwrap(), 42, "after");
+        rt.shutdown().unwrap();
+        0
+    });
+    if code == 77 {
+        eprintln!("skipped: a root child could not become nobody (RLIMIT_NPROC)");
+        return;
+    }
+    assert_eq!(code, 0, "server creation under RLIMIT_NPROC");
+}

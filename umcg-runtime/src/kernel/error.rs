@@ -75,6 +75,10 @@ pub enum ViolationKind {
     IdleServersBoundExceeded,
     /// A list head address points at unreadable memory.
     UnmappedListHead(u64),
+    /// Eventfd idle-wakeup mode: user space closed the server's eventfd or epoll fd, or
+    /// `dup2`ed another file over one of them (the errno that found it). Reported once, by
+    /// the server's `umcg_wait`; the server then sleeps on its futex.
+    IdleFdBroken(Errno),
 }
 
 impl fmt::Display for Violation {
@@ -111,6 +115,10 @@ impl fmt::Display for Violation {
             ViolationKind::UnmappedListHead(a) => {
                 write!(f, "list head address {a:#x} is not readable")?
             }
+            ViolationKind::IdleFdBroken(e) => write!(
+                f,
+                "the server's idle-wakeup eventfd or epoll fd was closed or replaced by user space ({e}); it now sleeps on its futex"
+            )?,
         }
         if let Some(s) = self.state {
             write!(f, " (state {s:?})")?;

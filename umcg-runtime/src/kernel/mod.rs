@@ -71,6 +71,63 @@
 //!    without a state change (a harmless spurious wake if it is awake). BLOCKED (the block
 //!    hook woke it) and IDLE (queued, or held by user space): nobody.
 //!
+//! # A server that leaves
+//!
+//! v0.3 has no per-server queues in the kernel: a worker that hands its server the CPU
+//! (yield, swap, leave through `umcg_wait` while not queued on the idle-worker list) waits
+//! in that server's *user-space* run queue. If the server unregisters or exits first, the
+//! worker would sleep for ever. The emulator ends such a wait:
+//! 1. A worker entering `umcg_wait`'s idle loop while not queued records its `server_tid`
+//!    (`waiting_on`), then checks under the registry lock that it names a registered
+//!    server; if not: `ESRCH` at once (its state unchanged, after the target was woken).
+//!    The lookup is skipped while no server left since the worker last found this one
+//!    registered (a process-wide departure count, SeqCst on both sides: `note_waiting_on`):
+//!    a worker's wait is the hot path of every yield, park and direct switch, and the
+//!    registry lock is a cache line that every lookup writes.
+//! 2. A server that leaves ([`umcg_ctl`] `UNREGISTER`, or [`task_exited`]) is first
+//!    removed from the registry, then flags every worker whose `waiting_on` names it and
+//!    wakes it until it has left `umcg_wait` (a wake that lands just before the worker's
+//!    futex wait would be lost; the waker repeats it, bounded by one second). Either the
+//!    worker's check in step 1 saw the server gone, or the server's scan sees the worker.
+//! 3. The flagged worker's `umcg_wait` returns `ESRCH` unless it was made RUNNING first.
+//!    It is then IDLE and on no list: user space that shared its run queue with other
+//!    servers can just wait again after fixing `server_tid`; otherwise the worker puts
+//!    itself back on its idle-worker list the v0.3 way, by making itself RUNNING with
+//!    `server_tid == 0` and calling `umcg_wait` (the wake hook queues it and wakes an idle
+//!    server, §2.6).
+//!
+//! Workers queued on the idle-worker list are not affected (any server may take them), nor
+//! are workers RUNNING on the server (it abandoned them: when they block, the block hook
+//! reports `ServerNotFound`, as v0.3 would have).
+//!
+//! # Idle-wakeup fds that user space closes
+//!
+//! In eventfd idle-wakeup mode each server owns an eventfd registered in an epoll instance
+//! of its own, created at registration, deleted from the epoll set and closed when the
+//! server unregisters or exits (so a process that registers and unregisters servers keeps
+//! its fd count). They belong to the emulator like a library's internal fds, but nothing
+//! stops user space from closing them or `dup2`ing another file over their numbers. The
+//! emulator never sleeps for ever or closes a file it does not own because of it:
+//! 1. Identity: epoll keys its interest list by file *and* fd number, so
+//!    `epoll_ctl(EPOLL_CTL_MOD)` of the eventfd's number fails (`ENOENT`, `EBADF`,
+//!    `EINVAL`) as soon as either number was closed or names another file.
+//! 2. A sleeping server checks that every [`registry::IDLE_FD_CHECK`] (1 s) of sleep; its
+//!    `epoll_wait` failing (`EBADF`, `EINVAL`) or a waker's eventfd write failing (`EBADF`)
+//!    also marks the fds broken. A wake written to a closed eventfd is therefore late by at
+//!    most that interval, never lost.
+//! 3. The server's next `umcg_wait` reports it, once: [`ViolationKind::IdleFdBroken`]
+//!    (abort by default; under [`OnViolation::ReturnError`] that wait returns the error,
+//!    with the server's state as it is). From then on the server sleeps on its state word's
+//!    futex and wakers wake that futex, as in list mode: the server keeps working.
+//! 4. On unregistration or exit the fds are closed only if the epoll delete succeeds (the
+//!    proof that both numbers are still the emulator's); otherwise neither number is closed
+//!    (they may name user space's files now).
+//!
+//! Not detected: between a replacement (a `dup2` of another *writable* file over the
+//! eventfd's number) and the server's detection (its next sleep, or the 1 s check), a waker
+//! writes its 8-byte wake into whatever file now has that number, as any library would
+//! whose fd was replaced under it. After the detection no write goes there.
+//!
 //! Hence the contract of [`umcg_ctl`]: a task stays valid until its thread unregisters or,
 //! if it never does, until the thread's thread-local destructors have run. A task on the
 //! thread's own stack must be unregistered before the thread function returns.
@@ -84,7 +141,7 @@ mod preempt;
 pub(crate) mod registry;
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU8, Ordering, fence};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering, fence};
 
 use umcg_abi::idle_servers::{self, Pop};
 use umcg_abi::idle_workers::{self, WorkerPush};
@@ -98,7 +155,7 @@ pub use error::{
 };
 use preempt::EmulatorSection;
 pub use preempt::{KICK_SIGNAL, no_preempt, umcg_kick};
-use registry::{IdleFd, KTask, Table};
+use registry::{IdleFd, IdleWait, KTask, Table};
 pub use registry::{fork_generation, registered_tasks};
 
 /// How idle servers are woken when a worker unblocks.
@@ -264,7 +321,11 @@ pub unsafe fn umcg_ctl(flags: u32, task: *mut UmcgTask) -> Result<Ctl, UmcgError
         if !task.is_null() || !registry::is_registered() {
             return Err(Errno::EINVAL.into());
         }
-        registry::unregister_current();
+        if let Some(k) = registry::unregister_current()
+            && !k.worker
+        {
+            server_left(&k);
+        }
         return Ok(Ctl::Done);
     }
     if flags & UMCG_CTL_REGISTER == 0 || flags & !(UMCG_CTL_REGISTER | UMCG_CTL_WORKER) != 0 {
@@ -322,6 +383,7 @@ pub(super) fn task_exited(k: &std::sync::Arc<KTask>) {
     let _section = EmulatorSection::enter();
     registry::remove(k);
     if !k.worker {
+        server_left(k);
         return;
     }
     let t = k.task();
@@ -355,6 +417,93 @@ pub(super) fn task_exited(k: &std::sync::Arc<KTask>) {
     }
 }
 
+/// Step 2 of "A server that leaves" (module doc): `k`, a server, is out of the registry.
+fn server_left(k: &KTask) {
+    // After the removal, before the scan: a worker whose check (step 1) read the old count
+    // stored its `waiting_on` before this increment, so the scan below sees it (SeqCst
+    // store/load on both sides); one that reads the new count looks the server up.
+    SERVER_DEPARTURES.fetch_add(1, Ordering::SeqCst);
+    let waiters: Vec<std::sync::Arc<KTask>> = registry::read()
+        .by_tid
+        .values()
+        .filter(|w| w.worker && w.waiting_on.load(Ordering::SeqCst) == k.tid)
+        .cloned()
+        .collect();
+    let t0 = sys::futex::monotonic_now_ns();
+    for w in &waiters {
+        w.server_left.store(k.tid, Ordering::SeqCst);
+        loop {
+            {
+                // Its task is only touched while it is registered (lifetime rule).
+                let table = registry::read();
+                if !table
+                    .by_tid
+                    .get(&w.tid)
+                    .is_some_and(|e| std::sync::Arc::ptr_eq(e, w))
+                {
+                    break;
+                }
+                sys::futex_wake(&w.task().state, i32::MAX);
+            }
+            if w.waiting_on.load(Ordering::SeqCst) != k.tid
+                || sys::futex::monotonic_now_ns() - t0 > 1_000_000_000
+            {
+                break;
+            }
+            std::thread::sleep(core::time::Duration::from_micros(50));
+        }
+    }
+}
+
+/// How many servers left (unregistered or exited) in this process; see [`server_left`].
+static SERVER_DEPARTURES: AtomicU64 = AtomicU64::new(0);
+
+/// Step 1 of "A server that leaves" (module doc), for a worker about to wait.
+///
+/// Memory ordering: the worker's SeqCst store of `waiting_on` then SeqCst load of
+/// [`SERVER_DEPARTURES`], against the leaving server's registry removal (write lock), SeqCst
+/// increment, then SeqCst loads of `waiting_on` in its scan. In the single total order of
+/// SeqCst operations, either the worker's load comes before the increment (then so does its
+/// store, and the scan sees `waiting_on`), or it reads the increment (Acquire of the RMW's
+/// Release: the removal happened before, and the lookup below, under the read lock, misses
+/// the server). A count equal to the one of the last successful lookup of the same server
+/// therefore proves the server has not left since.
+fn note_waiting_on(me: &KTask) -> Result<(), Errno> {
+    let t = me.task();
+    let stid = t.server_tid.load(Ordering::Acquire);
+    let queued_on = me.queued_on.load(Ordering::Relaxed);
+    if stid == 0 || (queued_on != 0 && t.idle_workers_ptr.load(Ordering::Acquire) != queued_on) {
+        return Ok(()); // No server yet, or queued: any server may take it.
+    }
+    // A flag left by an earlier departure (set after that wait had already ended, or seen
+    // by it) must not end this wait: the same TID may have registered again as a server.
+    // Cleared before `waiting_on` is published, so a scan that reads the new `waiting_on`
+    // writes its flag after this clear (both SeqCst on `server_left`'s modification order).
+    if me.server_left.load(Ordering::Relaxed) != 0 {
+        me.server_left.store(0, Ordering::SeqCst);
+    }
+    me.waiting_on.store(stid, Ordering::SeqCst);
+    let departures = SERVER_DEPARTURES.load(Ordering::SeqCst);
+    // `checked_*` are written and read by this thread only (Relaxed).
+    if me.checked_server.load(Ordering::Relaxed) == stid
+        && me.checked_departures.load(Ordering::Relaxed) == departures
+    {
+        return Ok(());
+    }
+    if registry::read()
+        .by_tid
+        .get(&stid)
+        .is_some_and(|s| !s.worker)
+    {
+        me.checked_server.store(stid, Ordering::Relaxed);
+        me.checked_departures.store(departures, Ordering::Relaxed);
+        Ok(())
+    } else {
+        me.waiting_on.store(0, Ordering::SeqCst);
+        Err(Errno::ESRCH)
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // umcg_wait
 
@@ -365,7 +514,10 @@ pub(super) fn task_exited(k: &std::sync::Arc<KTask>) {
 /// Otherwise: wake `next_tid` (or, for a worker with `next_tid == 0`, its `server_tid`;
 /// `ESRCH` if no such thread exists), clear the caller's LOCKED (worker), and sleep until the
 /// caller's state is RUNNING. `EINTR` if a signal handler ran; `ETIMEDOUT` past
-/// `abs_timeout` (absolute `CLOCK_REALTIME` ns, 0 = none).
+/// `abs_timeout` (absolute `CLOCK_REALTIME` ns, 0 = none). Extension: a worker that is not
+/// queued on the idle-worker list gets `ESRCH` if its `server_tid` names no registered
+/// server, or if that server unregisters or exits while it waits (module doc, "A server
+/// that leaves").
 pub fn umcg_wait(flags: u32, abs_timeout: u64) -> Result<(), UmcgError> {
     let _section = EmulatorSection::enter();
     let Some(me) = registry::current() else {
@@ -402,16 +554,22 @@ pub fn umcg_wait(flags: u32, abs_timeout: u64) -> Result<(), UmcgError> {
         }
     }
     if me.worker {
+        note_waiting_on(&me)?;
         let w = t.load_state();
         if w.is_locked() && t.clear_flags_if(w.state(), UMCG_TF_LOCKED).is_err() {
+            me.waiting_on.store(0, Ordering::SeqCst);
             return Err(Errno::EFAULT.into());
         }
     }
     let deadline = (abs_timeout != 0).then_some(Deadline::Realtime(abs_timeout));
-    match idle_loop(&me, deadline) {
+    let r = idle_loop(&me, deadline);
+    if me.worker {
+        me.waiting_on.store(0, Ordering::SeqCst);
+    }
+    match r {
         Ok(()) => Ok(()),
-        Err(Errno::ETIMEDOUT) if me.worker => worker_timed_out(&me),
-        Err(e) => Err(e.into()),
+        Err(UmcgError::Errno(Errno::ETIMEDOUT)) if me.worker => worker_timed_out(&me),
+        Err(e) => Err(e),
     }
 }
 
@@ -423,7 +581,7 @@ pub fn umcg_wait(flags: u32, abs_timeout: u64) -> Result<(), UmcgError> {
 /// the emulator does not treat a stale futex wake (a waker's `futex_wake` arriving after the
 /// wakee already ran and slept again) as one, because a futex gives no way to tell them apart
 /// and such a wake would queue a worker that its scheduler still holds.
-fn idle_loop(me: &KTask, deadline: Option<Deadline>) -> Result<(), Errno> {
+fn idle_loop(me: &KTask, deadline: Option<Deadline>) -> Result<(), UmcgError> {
     let t = me.task();
     loop {
         let w = t.load_state();
@@ -431,14 +589,20 @@ fn idle_loop(me: &KTask, deadline: Option<Deadline>) -> Result<(), Errno> {
             if me.worker && t.server_tid.load(Ordering::Acquire) == 0 && !w.is_locked() {
                 // RUNNING without a server: the wake hook queues it (§2.5.2 step 2).
                 match wake_hook(me) {
-                    Ok(true) => return Err(Errno::EINTR),
+                    Ok(true) => return Err(Errno::EINTR.into()),
                     Ok(false) => continue,
-                    Err(_) => return Err(Errno::EFAULT),
+                    Err(_) => return Err(Errno::EFAULT.into()),
                 }
             }
             return Ok(());
         }
-        match sleep(me, w, deadline) {
+        if me.worker && {
+            let on = me.waiting_on.load(Ordering::SeqCst);
+            on != 0 && me.server_left.load(Ordering::SeqCst) == on
+        } {
+            return Err(Errno::ESRCH.into()); // The server it waits on left (module doc).
+        }
+        match sleep(me, w, deadline)? {
             FutexWait::ValueChanged => {}
             FutexWait::Woken => {
                 if me.worker
@@ -446,16 +610,16 @@ fn idle_loop(me: &KTask, deadline: Option<Deadline>) -> Result<(), Errno> {
                     && t.load_state().state() != TaskState::Running
                 {
                     match wake_hook(me) {
-                        Ok(true) => return Err(Errno::EINTR),
+                        Ok(true) => return Err(Errno::EINTR.into()),
                         Ok(false) => {}
                         // Violations abort by default; in test mode surface as EFAULT here
                         // (the real kernel would have killed the task).
-                        Err(_) => return Err(Errno::EFAULT),
+                        Err(_) => return Err(Errno::EFAULT.into()),
                     }
                 }
             }
-            FutexWait::Interrupted => return Err(Errno::EINTR),
-            FutexWait::TimedOut => return Err(Errno::ETIMEDOUT),
+            FutexWait::Interrupted => return Err(Errno::EINTR.into()),
+            FutexWait::TimedOut => return Err(Errno::ETIMEDOUT.into()),
         }
     }
 }
@@ -482,38 +646,56 @@ fn worker_timed_out(me: &KTask) -> Result<(), UmcgError> {
 }
 
 /// Sleep on the task's wake channel while its state word still holds `seen`.
-fn sleep(me: &KTask, seen: StateWord, deadline: Option<Deadline>) -> FutexWait {
-    match &me.idle_fd {
-        Some(fd) => {
-            let timeout = match deadline {
-                None => None,
-                Some(d) => {
-                    let (Deadline::Realtime(ns) | Deadline::Monotonic(ns)) = d;
-                    let now = match d {
-                        Deadline::Realtime(_) => sys::futex::realtime_now_ns(),
-                        Deadline::Monotonic(_) => sys::futex::monotonic_now_ns(),
-                    };
-                    if ns <= now {
-                        return FutexWait::TimedOut;
-                    }
-                    Some(core::time::Duration::from_nanos(ns - now))
-                }
+///
+/// A server whose idle-wakeup fds user space closed or replaced sleeps on the futex instead
+/// (wakers fall back too), after reporting it once ([`ViolationKind::IdleFdBroken`]; module
+/// doc, "Idle-wakeup fds that user space closes").
+fn sleep(me: &KTask, seen: StateWord, deadline: Option<Deadline>) -> Result<FutexWait, UmcgError> {
+    let Some(fd) = &me.idle_fd else {
+        return Ok(sys::futex_wait(&me.task().state, seen.bits(), deadline));
+    };
+    let report = |e| Err(v(ViolationKind::IdleFdBroken(e), me, 0, None));
+    if let Some(e) = fd.take_report() {
+        return report(e);
+    }
+    if fd.is_broken() {
+        return Ok(sys::futex_wait(&me.task().state, seen.bits(), deadline));
+    }
+    let timeout = match deadline {
+        None => None,
+        Some(d) => {
+            let (Deadline::Realtime(ns) | Deadline::Monotonic(ns)) = d;
+            let now = match d {
+                Deadline::Realtime(_) => sys::futex::realtime_now_ns(),
+                Deadline::Monotonic(_) => sys::futex::monotonic_now_ns(),
             };
-            if me.task().load_state() != seen {
-                return FutexWait::ValueChanged;
+            if ns <= now {
+                return Ok(FutexWait::TimedOut);
             }
-            fd.wait(timeout)
+            Some(core::time::Duration::from_nanos(ns - now))
         }
-        None => sys::futex_wait(&me.task().state, seen.bits(), deadline),
+    };
+    if me.task().load_state() != seen {
+        return Ok(FutexWait::ValueChanged);
+    }
+    match fd.wait(timeout) {
+        IdleWait::Futex(w) => Ok(w),
+        IdleWait::Broken(_) => match fd.take_report() {
+            Some(e) => report(e),
+            None => Ok(FutexWait::Woken), // Reported already: re-check the state word.
+        },
     }
 }
 
 /// "wake T": the caller has already stored T's new state.
 fn wake_task(k: &KTask, on_current_cpu: bool) {
-    if let Some(fd) = &k.idle_fd {
-        fd.signal();
+    if let Some(fd) = &k.idle_fd
+        && fd.signal().is_ok()
+    {
         return;
     }
+    // Futex mode, or a server whose fds are broken (it sleeps on the futex from its next
+    // wait on; one already asleep in epoll_wait finds out within `IDLE_FD_CHECK`).
     if on_current_cpu && k.worker && placement() == Placement::SameCpu {
         let cpu = sys::current_cpu() as i32;
         if k.cpu.load(Ordering::Relaxed) != cpu
@@ -774,6 +956,19 @@ pub fn wake(tid: u32) -> Result<(), UmcgError> {
     };
     wake_task(k, false);
     Ok(())
+}
+
+/// Eventfd idle-wakeup mode: the (eventfd, epoll fd) numbers of registered server `tid`;
+/// `None` if it is not a registered server with such fds. For tests and diagnostics: the
+/// fds belong to the emulator (module doc, "Idle-wakeup fds that user space closes").
+pub fn idle_fds(tid: u32) -> Option<(i32, i32)> {
+    let table = registry::read();
+    table
+        .by_tid
+        .get(&tid)?
+        .idle_fd
+        .as_ref()
+        .map(|f| f.raw_fds())
 }
 
 /// The calling thread's TID as the emulator knows it (0 if not registered).

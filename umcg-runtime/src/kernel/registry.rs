@@ -26,7 +26,7 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Once, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use umcg_abi::UmcgTask;
@@ -52,6 +52,17 @@ pub(crate) struct KTask {
     /// Worker: `WAKE_ONLY` wake-ups aimed at it and not yet seen by its idle loop. Only
     /// these (not stale futex wakes) make a sleeping IDLE worker run the wake hook.
     pub(crate) wake_events: AtomicU32,
+    /// Worker inside `umcg_wait`, not queued: the server (its `server_tid`) whose user-space
+    /// run queue it waits in; 0 otherwise (`kernel`, "A server that leaves").
+    pub(crate) waiting_on: AtomicU32,
+    /// Written by a server named in `waiting_on` when it leaves (its TID): a wait whose
+    /// `waiting_on` matches ends with `ESRCH`. The worker clears it before it publishes
+    /// the `waiting_on` of its next wait (a TID may register again as a server).
+    pub(crate) server_left: AtomicU32,
+    /// Worker (own thread only): the server last found registered by `umcg_wait`'s check,
+    /// and the process's server-departure count at that check (`kernel::note_waiting_on`).
+    pub(crate) checked_server: AtomicU32,
+    pub(crate) checked_departures: AtomicU64,
     /// Head addresses already found readable (probe cache: one syscall per new head).
     pub(crate) checked_workers_head: AtomicU64,
     pub(crate) checked_servers_head: AtomicU64,
@@ -72,6 +83,10 @@ impl KTask {
             cpu: AtomicI32::new(-1),
             queued_on: AtomicU64::new(0),
             wake_events: AtomicU32::new(0),
+            waiting_on: AtomicU32::new(0),
+            server_left: AtomicU32::new(0),
+            checked_server: AtomicU32::new(0),
+            checked_departures: AtomicU64::new(0),
             checked_workers_head: AtomicU64::new(0),
             checked_servers_head: AtomicU64::new(0),
         }
@@ -88,10 +103,40 @@ impl KTask {
 }
 
 /// An idle server's eventfd, registered in its own epoll instance (Delisle's proposal).
+///
+/// Both fds belong to the emulator, but user space can close them, or `dup2` another file
+/// over their numbers (module doc of `kernel`, "Idle-wakeup fds that user space closes"). The
+/// emulator never trusts the numbers blindly: the registration of the eventfd in the epoll
+/// set is the proof of identity (epoll keys registrations by file *and* number, so
+/// `epoll_ctl` on a number that now names another file fails), checked by a sleeper every
+/// [`IDLE_FD_CHECK`] and before the fds are closed. Once broken, the server's waits and
+/// wakes use the futex on its state word instead.
 #[derive(Debug)]
 pub(crate) struct IdleFd {
-    efd: EventFd,
-    ep: Epoll,
+    efd: core::mem::ManuallyDrop<EventFd>,
+    ep: core::mem::ManuallyDrop<Epoll>,
+    /// Set (once) when a wait, a wake or a check found the fds closed or replaced.
+    /// Release/Acquire: the waker that sets it, then futex-wakes, pairs with the sleeper's
+    /// check before it chooses between epoll and the futex (the state word, which the waker
+    /// changed before waking, closes the race either way).
+    broken: AtomicBool,
+    /// The errno that found it (for the report).
+    broken_by: AtomicI32,
+    /// The server's `umcg_wait` has reported it (once).
+    reported: AtomicBool,
+}
+
+/// How long an idle server sleeps in `epoll_wait` before it checks that its fds are still
+/// its own (a wake written to a closed eventfd is lost: this bounds the delay).
+pub(crate) const IDLE_FD_CHECK: core::time::Duration = core::time::Duration::from_secs(1);
+
+/// What [`IdleFd::wait`] saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IdleWait {
+    /// As from a futex wait.
+    Futex(FutexWait),
+    /// The fds were closed or replaced by user space (first detection only; the errno).
+    Broken(Errno),
 }
 
 impl IdleFd {
@@ -99,32 +144,94 @@ impl IdleFd {
         let efd = EventFd::new_nonblocking()?;
         let ep = Epoll::new()?;
         ep.add(&efd, 0, false)?;
-        Ok(IdleFd { efd, ep })
+        Ok(IdleFd {
+            efd: core::mem::ManuallyDrop::new(efd),
+            ep: core::mem::ManuallyDrop::new(ep),
+            broken: AtomicBool::new(false),
+            broken_by: AtomicI32::new(0),
+            reported: AtomicBool::new(false),
+        })
     }
 
-    /// Wake the server sleeping on it (or make its next sleep return at once).
-    pub(crate) fn signal(&self) {
-        let r = self.efd.signal();
-        debug_assert!(r.is_ok(), "eventfd write: {r:?}");
+    /// The raw fd numbers (eventfd, epoll), for tests and reports.
+    pub(crate) fn raw_fds(&self) -> (i32, i32) {
+        use std::os::fd::AsRawFd;
+        (self.efd.as_raw_fd(), self.ep.as_raw_fd())
+    }
+
+    /// Whether a wait, wake or check found the fds closed or replaced.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
+    /// The first time (only) after the fds were found broken: the errno that found it.
+    pub(crate) fn take_report(&self) -> Option<Errno> {
+        (self.is_broken() && !self.reported.swap(true, Ordering::Relaxed))
+            .then(|| Errno::from_raw(self.broken_by.load(Ordering::Relaxed)))
+    }
+
+    fn mark_broken(&self, e: Errno) {
+        self.broken_by.store(e as i32, Ordering::Relaxed);
+        self.broken.store(true, Ordering::Release);
+    }
+
+    /// Whether both numbers still name the emulator's files: `epoll_ctl(EPOLL_CTL_MOD)` of
+    /// the eventfd's number in the epoll set (fails with `EBADF`, `EINVAL` or `ENOENT` when
+    /// either number was closed or now names another file).
+    fn check(&self) -> Result<(), Errno> {
+        self.ep.modify(&*self.efd, 0)
+    }
+
+    /// Wake the server sleeping on it (or make its next sleep return at once). `Err` if the
+    /// fds are broken: the caller wakes the state word's futex instead.
+    pub(crate) fn signal(&self) -> Result<(), Errno> {
+        if self.is_broken() {
+            return Err(Errno::EBADF);
+        }
+        // A write to a number that user space closed fails (EBADF); one that names another
+        // writable file now is not detected here (documented; the sleeper's check finds it).
+        self.efd.signal().inspect_err(|&e| self.mark_broken(e))
     }
 
     /// Sleep until signalled, interrupted, or `timeout` (None: forever) passes. Consumes the
-    /// signal; callers re-check their state word afterwards.
-    pub(crate) fn wait(&self, timeout: Option<core::time::Duration>) -> FutexWait {
+    /// signal; callers re-check their state word afterwards. Every [`IDLE_FD_CHECK`] of
+    /// sleep, the fds are checked; a failed check or wait reports [`IdleWait::Broken`].
+    pub(crate) fn wait(&self, timeout: Option<core::time::Duration>) -> IdleWait {
         // A signal that arrived before this wait left the counter non-zero; the eventfd is
         // registered level-triggered, so epoll_wait returns at once and the drain below
         // takes it (no read before the wait: it would cost a syscall on every sleep).
-        let mut ev = [EpollEvent::empty()];
-        match self.ep.wait(&mut ev, timeout) {
-            Ok(0) => FutexWait::TimedOut,
-            Ok(_) => {
-                let _ = self.efd.drain();
-                FutexWait::Woken
-            }
-            Err(Errno::EINTR) => FutexWait::Interrupted,
-            Err(e) => {
-                debug_assert!(false, "epoll wait: {e}");
-                FutexWait::Woken
+        let deadline = timeout.map(|t| {
+            crate::sys::futex::monotonic_now_ns()
+                .saturating_add(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX))
+        });
+        loop {
+            let left = deadline.map(|d| {
+                core::time::Duration::from_nanos(
+                    d.saturating_sub(crate::sys::futex::monotonic_now_ns()),
+                )
+            });
+            let tick = left.map_or(IDLE_FD_CHECK, |l| l.min(IDLE_FD_CHECK));
+            let mut ev = [EpollEvent::empty()];
+            match self.ep.wait(&mut ev, Some(tick)) {
+                Ok(0) if left.is_some_and(|l| l <= tick) => {
+                    return IdleWait::Futex(FutexWait::TimedOut);
+                }
+                Ok(0) => {
+                    if let Err(e) = self.check() {
+                        self.mark_broken(e);
+                        return IdleWait::Broken(e);
+                    }
+                }
+                Ok(_) => {
+                    let _ = self.efd.drain();
+                    return IdleWait::Futex(FutexWait::Woken);
+                }
+                Err(Errno::EINTR) => return IdleWait::Futex(FutexWait::Interrupted),
+                // EBADF (closed), EINVAL (the number names a file that is not an epoll).
+                Err(e) => {
+                    self.mark_broken(e);
+                    return IdleWait::Broken(e);
+                }
             }
         }
     }
@@ -133,8 +240,18 @@ impl IdleFd {
 impl Drop for IdleFd {
     fn drop(&mut self) {
         // Delete before close: a closed fd stays in an epoll interest set while any other
-        // reference to the file is open (epoll(7), "Q6"). The fields drop after this.
-        let _ = self.ep.delete(&self.efd);
+        // reference to the file is open (epoll(7), "Q6"). A successful delete also proves
+        // that both numbers are still ours; if it fails, user space closed or replaced one of
+        // them and the numbers may name its files now: close neither (leak ours, if they are
+        // still open, rather than close a file that user space owns).
+        let ours = !self.is_broken() && self.ep.delete(&*self.efd).is_ok();
+        if ours {
+            // SAFETY: dropped once, here; the fields are not used after this.
+            unsafe {
+                core::mem::ManuallyDrop::drop(&mut self.efd);
+                core::mem::ManuallyDrop::drop(&mut self.ep);
+            }
+        }
     }
 }
 

@@ -74,6 +74,16 @@ impl Epoll {
         self.0.delete(fd)
     }
 
+    /// Re-apply the registration of `fd` (level-triggered `EPOLLIN`, not exclusive) with
+    /// `token`: `epoll_ctl(EPOLL_CTL_MOD)`; man epoll_ctl(2). Also an identity check: the
+    /// interest list is keyed by the open file *and* the fd number, so this fails with
+    /// `ENOENT` when `fd`'s number now names another file than the one added, `EBADF` when
+    /// either number is closed, and `EINVAL` when this epoll's number names a non-epoll file.
+    pub fn modify<F: AsFd>(&self, fd: F, token: u64) -> Result<(), Errno> {
+        let mut ev = EpollEvent::new(EpollFlags::EPOLLIN, token);
+        self.0.modify(fd, &mut ev)
+    }
+
     /// Wait until a registered fd is ready or `timeout` passes (`None`: no timeout); fills
     /// `events` from the front and returns how many were filled (0: timed out).
     ///
@@ -128,8 +138,13 @@ impl Epoll {
             return Ok(r as usize);
         }
         let e = Errno::last();
+        // EBADF/EINVAL: the epoll fd's number was closed, or names another file now (user
+        // space closed or replaced it); callers handle it.
         debug_assert!(
-            matches!(e, Errno::EINTR | Errno::ENOSYS),
+            matches!(
+                e,
+                Errno::EINTR | Errno::ENOSYS | Errno::EBADF | Errno::EINVAL
+            ),
             "unexpected epoll_pwait2 errno {e}"
         );
         Err(e)
