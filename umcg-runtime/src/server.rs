@@ -47,8 +47,10 @@
 //! idle server: S's CPU runs it as soon as the waker parks or yields (Tokio's LIFO slot,
 //! for the same reason: a message handoff stays on one CPU). A worker displaced from the
 //! slot goes to the policy (and an idle server is woken). At most [`LIFO_STREAK`] picks in a
-//! row come from the slot; then the policy goes first and the slot's occupant is moved to
-//! the policy, so a ping-ponging pair cannot starve the others.
+//! row come from the slot; then, if the policy holds other work, the policy goes first and the
+//! slot's occupant is moved to the policy, so a ping-ponging pair cannot starve the others.
+//! (With nothing else runnable the slot keeps its worker: a token passed around a ring stays
+//! on one CPU instead of waking an idle server to steal it every few hops.)
 
 use std::sync::atomic::{AtomicU32, Ordering, fence};
 use std::sync::{Arc, Mutex};
@@ -145,6 +147,14 @@ pub(crate) fn pick_next(sh: &Shared, idx: usize) -> Option<Arc<WorkerCtl>> {
     if slot.streak.load(Ordering::Relaxed) < LIFO_STREAK {
         if let Some(w) = lock(&slot.next).take() {
             slot.streak.fetch_add(1, Ordering::Relaxed);
+            return Some(w);
+        }
+    } else if !sh.policy.has_work(idx) {
+        // The streak is over but nobody else waits: the slot's worker starves no one, and
+        // moving it to the policy would wake an idle server to steal it (a cross-CPU wake
+        // for a handoff that can stay on this CPU). The streak stays over, so the next pick
+        // asks the policy again.
+        if let Some(w) = lock(&slot.next).take() {
             return Some(w);
         }
     } else if let Some(w) = lock(&slot.next).take() {
