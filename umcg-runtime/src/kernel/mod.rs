@@ -306,8 +306,9 @@ fn v(kind: ViolationKind, me: &KTask, other: u32, state: Option<StateWord>) -> U
 /// Checks run in the kernel's order: flags (`EINVAL`), already registered (`EINVAL`), `self`
 /// NULL, misaligned or unreadable (`EFAULT`, probed without touching it), `api_version != 1`
 /// ([`Ctl::UnsupportedApiVersion`]), `server_tid`/`next_tid` non-zero (`EINVAL`), state
-/// (`EINVAL`). A worker registration runs the wake hook and returns only once a server has
-/// made the worker RUNNING.
+/// (`EINVAL`); then, an extension, `self` already registered by another thread (`EINVAL`).
+/// A worker registration runs the wake hook and returns only once a server has made the
+/// worker RUNNING.
 ///
 /// # Safety
 /// - If `task` passes the checks, it points to a `struct umcg_task` that stays valid and

@@ -389,7 +389,11 @@ pub(crate) fn is_registered() -> bool {
 
 /// Register the calling thread's `k`. Fails with `EINVAL` if the TID is taken (a stale
 /// entry of a thread that exited without cleanup cannot exist: OWNER's destructor removes
-/// it).
+/// it), or if another thread has registered the same `struct umcg_task` (v0.3 did not check;
+/// two threads on one struct would share its state word, and its node could map to only one
+/// of them, so unregistering either would drop the other's node). A worker node's tombstone
+/// (TID 0, [`remove`]) is no registration: a task may be registered there again, and a
+/// worker's registration replaces it.
 pub(crate) fn register_current(k: KTask) -> Result<Arc<KTask>, Errno> {
     install_atfork();
     static GLOBAL_HASH: Once = Once::new();
@@ -397,11 +401,16 @@ pub(crate) fn register_current(k: KTask) -> Result<Arc<KTask>, Errno> {
     let k = Arc::new(k);
     {
         let mut t = write();
-        if t.by_tid.contains_key(&k.tid) {
+        let task = k.task();
+        if t.by_tid.contains_key(&k.tid)
+            || t.server_nodes.contains_key(&task.idle_servers_node())
+            || t.worker_nodes
+                .get(&task.idle_workers_node())
+                .is_some_and(|&tid| tid != 0)
+        {
             return Err(Errno::EINVAL);
         }
         t.by_tid.insert(k.tid, k.clone());
-        let task = k.task();
         if k.worker {
             t.worker_nodes.insert(task.idle_workers_node(), k.tid);
         } else {
@@ -458,4 +467,39 @@ pub(crate) fn lookup(tid: u32) -> Option<Arc<KTask>> {
 /// Number of registered tasks (diagnostics and tests).
 pub fn registered_tasks() -> usize {
     read().by_tid.len()
+}
+
+#[cfg(all(test, not(umcg_loom)))]
+mod tests {
+    use super::*;
+
+    /// A tombstone (a worker that left while queued) does not make its task's address
+    /// unusable: a worker registers there again (replacing it), and so does a server, while
+    /// a live registration of the same struct is refused.
+    #[test]
+    fn a_tombstone_does_not_block_a_new_registration() {
+        std::thread::spawn(|| {
+            let task: &'static UmcgTask = Box::leak(Box::new(UmcgTask::new_worker(0, 0)));
+            let node = task.idle_workers_node();
+            write().worker_nodes.insert(node, 0);
+            let tid = crate::sys::gettid();
+            let k = register_current(KTask::new(tid, task, true, None)).expect("over a tombstone");
+            assert_eq!(read().worker_nodes.get(&node), Some(&tid));
+            // The same struct, live, from another thread: refused.
+            let other = std::thread::spawn(move || {
+                register_current(KTask::new(crate::sys::gettid(), task, true, None)).err()
+            });
+            assert_eq!(other.join().unwrap(), Some(Errno::EINVAL));
+            drop(k);
+            unregister_current().unwrap();
+            assert_eq!(read().worker_nodes.get(&node), None);
+            // A server on a struct whose worker node is a tombstone.
+            write().worker_nodes.insert(node, 0);
+            register_current(KTask::new(tid, task, false, None)).expect("server over a tombstone");
+            unregister_current().unwrap();
+            write().worker_nodes.remove(&node);
+        })
+        .join()
+        .unwrap();
+    }
 }
