@@ -1,5 +1,6 @@
 //! Bad input to the emulated kernel (issue 6, reliability), through the Rust API: every errno
-//! row of spec §2.3 (`umcg_ctl`) and §2.4 (`umcg_wait`) as a table. `tests/c/bad_input.c` does the same
+//! row of spec §2.3 (`umcg_ctl`) and §2.4 (`umcg_wait`) as a table, and corrupted user-space
+//! lists handed to every kernel path that reads them. `tests/c/bad_input.c` does the same
 //! through the C ABI; `RELIABILITY.md` ("Bad input") lists the matrix.
 //!
 //! # The errno matrix
@@ -12,10 +13,24 @@
 //! the fields the row changed. All rows run; the test fails listing every row that did not
 //! match.
 //!
+//! # Corrupted lists
+//!
+//! [`cases`] break what a worker's wake hook reads: the idle-server list (a cycle, a garbage,
+//! unmapped or unregistered node, a tagged head), the worker's own `idle_servers_ptr` and
+//! `idle_workers_ptr` (null, unmapped, misaligned, tagged, a stale node address), and the
+//! idle-worker head word. Each case is driven through every kernel path that walks the lists:
+//! a worker's registration, the wake hook after a block ([`kernel::block_end`]), and the wake
+//! hook run from a waiting worker's `umcg_wait` (a `WAKE_ONLY` aimed at it). Under
+//! `OnViolation::ReturnError` each must come back as the typed violation (`EFAULT` from
+//! `umcg_wait`, which has no other way to report it); under the default policy each must abort
+//! the process with the violation on stderr (checked in child processes by
+//! `corrupt_lists_abort_by_default`). A bad `server_tid` is the block hook's input and has
+//! its own table.
+//!
 //! # Never a hang, never a crash
 //!
-//! Every context runs on a thread of its own under a watchdog ([`watched`]): a row that does
-//! not report back within [`WATCHDOG`] fails the test, naming itself, instead of
+//! Every context runs on a thread of its own under a watchdog ([`watched`]): a row or case
+//! that does not report back within [`WATCHDOG`] fails the test, naming itself, instead of
 //! hanging it. Bad addresses are chosen so that a dereference would crash the test process
 //! (unmapped, `PROT_NONE`, non-canonical): the emulator must reject them before touching
 //! them. The same binary runs in eventfd idle-wakeup mode with `UMCG_IDLE_WAKEUP=eventfd`.
@@ -23,15 +38,19 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Barrier, Mutex, Once, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::*;
+use umcg_abi::idle_servers::{self, Corruption};
+use umcg_abi::idle_workers::PushError;
 use umcg_abi::*;
-use umcg_runtime::kernel::{self, Ctl, UmcgError, ViolationKind};
+use umcg_runtime::kernel::{self, Ctl, UmcgError, Violation, ViolationKind};
 use umcg_runtime::sys::{self, Errno, signal::Signal};
 
 // ------------------------------------------------------------------------------------------
@@ -179,6 +198,8 @@ fn bad_pages() -> &'static BadPages {
 const NONCANONICAL: u64 = 0xdead_0000_0000_0000;
 /// Never mapped: the kernel half.
 const KERNEL_HALF: u64 = 0xffff_8000_0000_0000;
+/// Aligned to 8 but not node-shaped (`% 64 != 16`) and not mapped.
+const GARBAGE: u64 = 0x0000_1234_5678_9ab8;
 /// No thread has it (above `PID_MAX_LIMIT`).
 const NO_SUCH_TID: u32 = 0x7fff_fff0;
 
@@ -227,7 +248,6 @@ impl ParkedServers {
         unsafe { &*std::ptr::with_exposed_provenance::<UmcgTask>(self.tasks[i]) }
     }
 
-    #[allow(dead_code)] // used by the corrupted-list cases
     fn node(&self, i: usize) -> u64 {
         self.task(i).idle_servers_node()
     }
@@ -236,6 +256,53 @@ impl ParkedServers {
 impl Drop for ParkedServers {
     fn drop(&mut self) {
         self.release.wait();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A registered worker parked in `umcg_wait` (it yielded to its server, which keeps it): its
+/// idle-worker node is a registered worker's node. It has a group and a server of its own.
+struct ParkedWorker {
+    node: u64,
+    release: mpsc::Sender<()>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ParkedWorker {
+    fn new() -> Self {
+        let g = Group::new();
+        let (node_tx, node_rx) = mpsc::channel();
+        let (release, rel_rx) = mpsc::channel::<()>();
+        let g2 = g.clone();
+        let worker = thread::spawn(move || {
+            let w = Worker::register(&g2);
+            node_tx.send(w.task().idle_workers_node()).unwrap();
+            w.yield_to_server();
+            w.exit();
+        });
+        let server = thread::spawn(move || {
+            let s = Server::register(&g);
+            announce(&s);
+            s.wait_for_workers(Instant::now() + WATCHDOG);
+            let w = g.pop_runnable().unwrap();
+            assert_eq!(s.run(w).unwrap().state(), TaskState::Idle);
+            let _ = rel_rx.recv();
+            assert!(s.run(w).unwrap().is_locked());
+        });
+        let node = node_rx.recv_timeout(WATCHDOG).expect("the parked worker");
+        ParkedWorker {
+            node,
+            release,
+            threads: vec![worker, server],
+        }
+    }
+}
+
+impl Drop for ParkedWorker {
+    fn drop(&mut self) {
+        let _ = self.release.send(());
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -1401,4 +1468,638 @@ fn errno_matrix_is_well_formed() {
     for ctx in [Ctx::Unregistered, Ctx::Server, Ctx::Worker] {
         assert!(rows.iter().any(|r| r.ctx == ctx), "{ctx:?} has no rows");
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// Corrupted lists
+
+/// What the corruption cases break and restore.
+struct Scene {
+    group: Arc<Group>,
+    /// Two registered servers, RUNNING and parked: valid, registered idle-server nodes.
+    servers: ParkedServers,
+    /// Valid memory with a task's shape, never registered.
+    stray: Box<UmcgTask>,
+    /// A spare idle-worker head word.
+    own_head: Box<AtomicU64>,
+    /// A registered worker (parked in `umcg_wait`): its node is a registered worker's node.
+    worker: ParkedWorker,
+    /// Threads for the `server_tid` cases.
+    threads: Threads,
+}
+
+impl Scene {
+    fn new() -> Arc<Scene> {
+        let group = Group::new();
+        let servers = ParkedServers::new(2, group.idle_servers.head_addr());
+        Arc::new(Scene {
+            group,
+            servers,
+            stray: server_task(),
+            own_head: Box::new(AtomicU64::new(0)),
+            worker: ParkedWorker::new(),
+            threads: Threads::new(),
+        })
+    }
+
+    /// `&H` of the idle-server list (the reset value of its nodes).
+    fn h(&self) -> u64 {
+        self.group.idle_servers.head_addr()
+    }
+
+    /// `&H` of the idle-worker list.
+    fn hw(&self) -> u64 {
+        self.group.idle_workers.addr()
+    }
+
+    fn set_head(&self, v: u64) {
+        self.group.idle_servers.corrupt_head_for_test(v);
+    }
+
+    fn set_link(&self, server: usize, v: u64) {
+        self.servers
+            .task(server)
+            .idle_servers_ptr
+            .store(v, Ordering::Release);
+    }
+
+    fn own_head_addr(&self) -> u64 {
+        (&*self.own_head as *const AtomicU64).expose_provenance() as u64
+    }
+
+    /// Undo every case: lists empty, nodes reset, `w`'s fields pointing at the heads. A worker
+    /// that was queued before its pop failed is taken off the list first (which resets its
+    /// field; restoring the field first would break the chain).
+    fn restore(&self, w: &UmcgTask) {
+        self.set_head(0);
+        self.set_link(0, self.h());
+        self.set_link(1, self.h());
+        self.own_head.store(0, Ordering::Release);
+        self.group.drain_idle_workers();
+        self.group.runq.lock().unwrap().clear();
+        w.idle_servers_ptr.store(self.h(), Ordering::Release);
+        w.idle_workers_ptr.store(self.hw(), Ordering::Release);
+    }
+}
+
+/// The kernel paths that read the lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// `umcg_ctl(REGISTER|WORKER)`: the wake hook, synchronously (§2.3 step 6).
+    Register,
+    /// `block_begin`, then the corruption, then `block_end` (§2.5.2 after §2.5.1).
+    Unblock,
+    /// A worker waiting in `umcg_wait` (it yielded) woken by `WAKE_ONLY` (§2.6 "IDLE → IDLE
+    /// (+ queued)"): the wake hook from the idle loop, which reports violations as `EFAULT`.
+    Wait,
+}
+
+struct Case {
+    id: &'static str,
+    /// Corrupt what `w`'s wake hook will read; return the violation it must report.
+    corrupt: fn(&Scene, &UmcgTask) -> ViolationKind,
+}
+
+fn servers_corrupt(c: Corruption) -> ViolationKind {
+    ViolationKind::IdleServersCorrupt(c)
+}
+
+fn workers_corrupt(e: PushError) -> ViolationKind {
+    ViolationKind::IdleWorkersCorrupt(e)
+}
+
+/// The corruption cases (module doc).
+fn cases() -> Vec<Case> {
+    use ViolationKind::*;
+    const DEL: u64 = idle_servers::DELETED;
+    vec![
+        // ---- the idle-server list (popped by the wake hook, §2.7.1) ----------------------
+        Case {
+            id: "servers.cycle_of_two_deleted_nodes",
+            corrupt: |sc, _| {
+                sc.set_head(sc.servers.node(0));
+                sc.set_link(0, sc.servers.node(1) | DEL);
+                sc.set_link(1, sc.servers.node(0) | DEL);
+                servers_corrupt(Corruption::Cycle(sc.servers.node(0)))
+            },
+        },
+        Case {
+            id: "servers.deleted_node_linked_to_itself",
+            corrupt: |sc, _| {
+                sc.set_head(sc.servers.node(0));
+                sc.set_link(0, sc.servers.node(0) | DEL);
+                servers_corrupt(Corruption::Cycle(sc.servers.node(0)))
+            },
+        },
+        Case {
+            id: "servers.cycle_behind_a_deleted_node",
+            corrupt: |sc, _| {
+                sc.set_head(sc.servers.node(0));
+                sc.set_link(0, sc.servers.node(1) | DEL);
+                sc.set_link(1, sc.servers.node(1) | DEL);
+                servers_corrupt(Corruption::Cycle(sc.servers.node(1)))
+            },
+        },
+        Case {
+            id: "servers.head_garbage",
+            corrupt: |sc, _| {
+                sc.set_head(GARBAGE);
+                servers_corrupt(Corruption::InvalidNode(GARBAGE))
+            },
+        },
+        Case {
+            id: "servers.head_misaligned",
+            corrupt: |sc, _| {
+                let n = sc.servers.node(0) + 4;
+                sc.set_head(n);
+                servers_corrupt(Corruption::InvalidNode(n))
+            },
+        },
+        Case {
+            id: "servers.head_noncanonical_node",
+            corrupt: |sc, _| {
+                sc.set_head(NONCANONICAL + 16);
+                servers_corrupt(Corruption::InvalidNode(NONCANONICAL + 16))
+            },
+        },
+        Case {
+            id: "servers.head_unmapped_node",
+            corrupt: |sc, _| {
+                let n = bad_pages().hole + 16;
+                sc.set_head(n);
+                servers_corrupt(Corruption::InvalidNode(n))
+            },
+        },
+        Case {
+            id: "servers.head_prot_none_node",
+            corrupt: |sc, _| {
+                let n = bad_pages().prot_none + 16;
+                sc.set_head(n);
+                servers_corrupt(Corruption::InvalidNode(n))
+            },
+        },
+        Case {
+            id: "servers.head_unregistered_task",
+            corrupt: |sc, _| {
+                let n = sc.stray.idle_servers_node();
+                sc.set_head(n);
+                servers_corrupt(Corruption::InvalidNode(n))
+            },
+        },
+        Case {
+            id: "servers.head_a_workers_node",
+            corrupt: |sc, w| {
+                let n = w.idle_servers_node();
+                sc.set_head(n);
+                servers_corrupt(Corruption::InvalidNode(n))
+            },
+        },
+        Case {
+            id: "servers.head_points_at_itself",
+            corrupt: |sc, _| {
+                sc.set_head(sc.h());
+                servers_corrupt(Corruption::InvalidNode(sc.h()))
+            },
+        },
+        Case {
+            id: "servers.head_tagged",
+            corrupt: |sc, _| {
+                let v = sc.servers.node(0) | DEL;
+                sc.set_head(v);
+                servers_corrupt(Corruption::TaggedHead(v))
+            },
+        },
+        Case {
+            id: "servers.link_garbage",
+            corrupt: |sc, _| {
+                sc.set_head(sc.servers.node(0));
+                sc.set_link(0, GARBAGE | DEL);
+                servers_corrupt(Corruption::InvalidNode(GARBAGE))
+            },
+        },
+        Case {
+            id: "servers.link_unmapped_node",
+            corrupt: |sc, _| {
+                let n = bad_pages().hole + 16;
+                sc.set_head(sc.servers.node(0));
+                sc.set_link(0, n | DEL);
+                servers_corrupt(Corruption::InvalidNode(n))
+            },
+        },
+        Case {
+            id: "servers.link_unregistered_task",
+            corrupt: |sc, _| {
+                let n = sc.stray.idle_servers_node();
+                sc.set_head(sc.servers.node(0));
+                sc.set_link(0, n | DEL);
+                servers_corrupt(Corruption::InvalidNode(n))
+            },
+        },
+        // ---- the worker's idle_servers_ptr (the idle-server head address) ----------------
+        Case {
+            id: "worker.idle_servers_ptr_unmapped",
+            corrupt: |_, w| {
+                let a = bad_pages().hole;
+                w.idle_servers_ptr.store(a, Ordering::Release);
+                UnmappedListHead(a)
+            },
+        },
+        Case {
+            id: "worker.idle_servers_ptr_noncanonical",
+            corrupt: |_, w| {
+                w.idle_servers_ptr.store(NONCANONICAL, Ordering::Release);
+                UnmappedListHead(NONCANONICAL)
+            },
+        },
+        Case {
+            id: "worker.idle_servers_ptr_misaligned",
+            corrupt: |sc, w| {
+                w.idle_servers_ptr.store(sc.h() + 4, Ordering::Release);
+                servers_corrupt(Corruption::MisalignedHead(sc.h() + 4))
+            },
+        },
+        Case {
+            id: "worker.idle_servers_ptr_tagged",
+            corrupt: |sc, w| {
+                w.idle_servers_ptr.store(sc.h() | 1, Ordering::Release);
+                servers_corrupt(Corruption::MisalignedHead(sc.h() | 1))
+            },
+        },
+        Case {
+            id: "worker.idle_servers_ptr_a_servers_node",
+            corrupt: |sc, w| {
+                let n = sc.servers.node(0);
+                w.idle_servers_ptr.store(n, Ordering::Release);
+                ListHeadIsNode(n)
+            },
+        },
+        // ---- the worker's idle_workers_ptr (the idle-worker head address, §2.7.2) ---------
+        Case {
+            id: "worker.idle_workers_ptr_null",
+            corrupt: |_, w| {
+                w.idle_workers_ptr.store(0, Ordering::Release);
+                IdleWorkersPtrNull
+            },
+        },
+        Case {
+            id: "worker.idle_workers_ptr_unmapped",
+            corrupt: |_, w| {
+                let a = bad_pages().hole;
+                w.idle_workers_ptr.store(a, Ordering::Release);
+                UnmappedListHead(a)
+            },
+        },
+        Case {
+            id: "worker.idle_workers_ptr_kernel_half",
+            corrupt: |_, w| {
+                w.idle_workers_ptr.store(KERNEL_HALF, Ordering::Release);
+                UnmappedListHead(KERNEL_HALF)
+            },
+        },
+        Case {
+            id: "worker.idle_workers_ptr_misaligned",
+            corrupt: |sc, w| {
+                w.idle_workers_ptr.store(sc.hw() + 4, Ordering::Release);
+                workers_corrupt(PushError::MisalignedHead(sc.hw() + 4))
+            },
+        },
+        Case {
+            id: "worker.idle_workers_ptr_tagged",
+            corrupt: |sc, w| {
+                w.idle_workers_ptr.store(sc.hw() | 1, Ordering::Release);
+                workers_corrupt(PushError::TaggedHead(sc.hw() | 1))
+            },
+        },
+        Case {
+            id: "worker.idle_workers_ptr_own_node",
+            corrupt: |_, w| {
+                let n = w.idle_workers_node();
+                w.idle_workers_ptr.store(n, Ordering::Release);
+                workers_corrupt(PushError::SelfLink(n))
+            },
+        },
+        Case {
+            id: "worker.idle_workers_ptr_another_workers_node",
+            corrupt: |sc, w| {
+                w.idle_workers_ptr.store(sc.worker.node, Ordering::Release);
+                ListHeadIsNode(sc.worker.node)
+            },
+        },
+        Case {
+            id: "worker.idle_workers_ptr_a_servers_node",
+            corrupt: |sc, w| {
+                let n = sc.servers.node(1);
+                w.idle_workers_ptr.store(n, Ordering::Release);
+                ListHeadIsNode(n)
+            },
+        },
+        // ---- the idle-worker head word ------------------------------------------------------
+        Case {
+            id: "workers.head_word_misaligned",
+            corrupt: |sc, w| {
+                sc.own_head.store(0x1003, Ordering::Release);
+                w.idle_workers_ptr
+                    .store(sc.own_head_addr(), Ordering::Release);
+                workers_corrupt(PushError::CorruptHeadValue {
+                    head: sc.own_head_addr(),
+                    value: 0x1003,
+                })
+            },
+        },
+        Case {
+            id: "workers.head_word_tagged",
+            corrupt: |sc, w| {
+                let v = sc.worker.node | 1;
+                sc.own_head.store(v, Ordering::Release);
+                w.idle_workers_ptr
+                    .store(sc.own_head_addr(), Ordering::Release);
+                workers_corrupt(PushError::CorruptHeadValue {
+                    head: sc.own_head_addr(),
+                    value: v,
+                })
+            },
+        },
+        Case {
+            id: "workers.head_word_is_the_worker",
+            corrupt: |sc, w| {
+                sc.own_head.store(w.idle_workers_node(), Ordering::Release);
+                w.idle_workers_ptr
+                    .store(sc.own_head_addr(), Ordering::Release);
+                workers_corrupt(PushError::AlreadyAtHead)
+            },
+        },
+    ]
+}
+
+/// Drive `case` through `path`; returns (got, want).
+fn drive(sc: &Arc<Scene>, s: Option<&Server>, case: &Case, path: Path) -> (Out, Out) {
+    let what = format!("{} via {path:?}", case.id);
+    let at = Arc::new(Mutex::new(what.clone()));
+    match path {
+        Path::Register => {
+            let w: &'static UmcgTask = Box::leak(sc.group.new_worker_task());
+            let want = Out::Violation((case.corrupt)(sc, w));
+            let got = watched(&what, &at, move || {
+                let r = ctl(UMCG_CTL_REGISTER | UMCG_CTL_WORKER, w);
+                // The kernel would have killed the thread; the emulator left it registered.
+                if registered() {
+                    assert_eq!(unregister(), Out::Done);
+                }
+                r
+            });
+            sc.restore(w);
+            (got, want)
+        }
+        Path::Unblock | Path::Wait => {
+            let s = s.expect("a server");
+            let g = sc.group.clone();
+            let (go_tx, go_rx) = mpsc::channel::<()>();
+            let (res_tx, res_rx) = mpsc::channel();
+            let worker = thread::spawn(move || {
+                let w = Worker::register(&g);
+                let r = if path == Path::Unblock {
+                    kernel::block_begin().unwrap();
+                    go_rx.recv().unwrap();
+                    out_unit(kernel::block_end())
+                } else {
+                    out_unit(w.yield_with_timeout(0))
+                };
+                let _ = res_tx.send(r);
+                if registered() {
+                    assert_eq!(unregister(), Out::Done);
+                }
+            });
+            s.wait_for_workers(Instant::now() + WATCHDOG);
+            let w = sc.group.pop_runnable().unwrap();
+            let want = if path == Path::Unblock {
+                assert_eq!(s.run(w).unwrap(), StateWord(UMCG_TASK_BLOCKED));
+                let want = Out::Violation((case.corrupt)(sc, w));
+                go_tx.send(()).unwrap();
+                want
+            } else {
+                assert_eq!(s.run(w).unwrap().state(), TaskState::Idle);
+                wait_for("the worker in umcg_wait", || !w.load_state().is_locked());
+                let wtid = tid_of(w);
+                wait_until_sleeping(wtid);
+                (case.corrupt)(sc, w);
+                s.task.next_tid.store(wtid, Ordering::Release);
+                assert_eq!(kernel::umcg_wait(UMCG_WAIT_WAKE_ONLY, 0), Ok(()));
+                s.task.next_tid.store(0, Ordering::Release);
+                EFAULT
+            };
+            let got = match res_rx.recv_timeout(WATCHDOG) {
+                Ok(got) => got,
+                Err(_) => panic!("{what}: no result within {WATCHDOG:?} (hang)"),
+            };
+            worker.join().unwrap();
+            sc.restore(w);
+            (got, want)
+        }
+    }
+}
+
+fn check_cases(path: Path) {
+    init();
+    let sc = Scene::new();
+    let server = (path != Path::Register).then(|| {
+        let s = Server::register(&sc.group);
+        announce(&s);
+        s
+    });
+    let mut bad = Vec::new();
+    for case in cases() {
+        let (got, want) = drive(&sc, server.as_ref(), &case, path);
+        let line = format!("{:<48} via {path:?}: want {want:?}, got {got:?}", case.id);
+        println!("{line}");
+        if got != want {
+            bad.push(line);
+        }
+    }
+    drop(server);
+    assert!(bad.is_empty(), "cases that failed:\n{}", bad.join("\n"));
+}
+
+#[test]
+fn corrupt_lists_on_registration() {
+    check_cases(Path::Register);
+}
+
+#[test]
+fn corrupt_lists_on_unblock() {
+    check_cases(Path::Unblock);
+}
+
+#[test]
+fn corrupt_lists_on_wait() {
+    check_cases(Path::Wait);
+}
+
+/// A bad `server_tid` is what the block hook reads (§2.5.1 steps 3-4): no registered server
+/// by that TID is a violation (`ServerNotFound`); 0 means "no server" (nothing is woken).
+#[test]
+fn bad_server_tid_on_block() {
+    init();
+    let sc = Scene::new();
+    let s = Server::register(&sc.group);
+    announce(&s);
+    type TidOf = fn(&Scene, u32) -> u32;
+    let cases: [(&str, TidOf, Out); 6] = [
+        (
+            "block.server_tid_exited_thread",
+            |sc, _| sc.threads.dead,
+            Out::Violation(ViolationKind::ServerNotFound),
+        ),
+        (
+            "block.server_tid_no_such_thread",
+            |_, _| NO_SUCH_TID,
+            Out::Violation(ViolationKind::ServerNotFound),
+        ),
+        (
+            "block.server_tid_unregistered_thread",
+            |sc, _| sc.threads.bystander,
+            Out::Violation(ViolationKind::ServerNotFound),
+        ),
+        (
+            "block.server_tid_self",
+            |_, me| me,
+            Out::Violation(ViolationKind::ServerNotFound),
+        ),
+        (
+            "block.server_tid_u32_max",
+            |_, _| u32::MAX,
+            Out::Violation(ViolationKind::ServerNotFound),
+        ),
+        ("block.server_tid_zero", |_, _| 0, Out::Done),
+    ];
+    let mut bad = Vec::new();
+    for (id, tid_of_case, want) in cases {
+        let (g, sc2) = (sc.group.clone(), sc.clone());
+        let (res_tx, res_rx) = mpsc::channel();
+        let worker = thread::spawn(move || {
+            let w = Worker::register(&g);
+            let t = w.task();
+            let stid = t.server_tid.load(Ordering::Acquire);
+            t.server_tid
+                .store(tid_of_case(&sc2, sys::gettid()), Ordering::Release);
+            let r = out_unit(kernel::block_begin());
+            t.server_tid.store(stid, Ordering::Release);
+            // The hook made the worker BLOCKED before it looked for the server, which was
+            // therefore not woken: back to RUNNING by hand, then leave (waking the server).
+            t.transition(TaskState::Blocked, TaskState::Running)
+                .expect("BLOCKED after the block hook");
+            let _ = res_tx.send(r);
+            w.exit();
+        });
+        s.wait_for_workers(Instant::now() + WATCHDOG);
+        let w = sc.group.pop_runnable().unwrap();
+        assert!(s.run(w).unwrap().is_locked(), "{id}: the worker exits");
+        let got = res_rx
+            .recv_timeout(WATCHDOG)
+            .unwrap_or_else(|_| panic!("{id}: no result (hang)"));
+        worker.join().unwrap();
+        let line = format!("{id:<48} want {want:?}, got {got:?}");
+        println!("{line}");
+        if got != want {
+            bad.push(line);
+        }
+    }
+    assert!(bad.is_empty(), "cases that failed:\n{}", bad.join("\n"));
+}
+
+/// The violation's text without the task that found it (what the parent looks for in a
+/// child's stderr).
+fn kind_text(kind: ViolationKind) -> String {
+    let v = Violation {
+        kind,
+        tid: 0,
+        other_tid: 0,
+        state: None,
+    };
+    let full = v.to_string();
+    full.split_once("task 0: ")
+        .map_or(full.clone(), |(_, k)| k.to_owned())
+}
+
+const CHILD_ENV: &str = "UMCG_BAD_INPUT_CHILD";
+
+/// Under the default policy every corruption aborts the process with the violation named on
+/// stderr, as the real kernel killed the task: one child process (this binary, this test
+/// only) per case, registration path. A child that returns, hangs, or dies otherwise fails.
+#[test]
+fn corrupt_lists_abort_by_default() {
+    if let Ok(id) = std::env::var(CHILD_ENV) {
+        // The child: default policy (no `init`), one case, no core file.
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: a plain system call on a local struct.
+        unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
+        let sc = Scene::new();
+        let case = cases().into_iter().find(|c| c.id == id).expect("a case");
+        let w: &'static UmcgTask = Box::leak(sc.group.new_worker_task());
+        let want = (case.corrupt)(&sc, w);
+        eprintln!("bad_input child: expecting: {}", kind_text(want));
+        let r = ctl(UMCG_CTL_REGISTER | UMCG_CTL_WORKER, w);
+        eprintln!("bad_input child: {id}: umcg_ctl returned {r:?} instead of aborting");
+        std::process::exit(3);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let mut bad = Vec::new();
+    for case in cases() {
+        let mut child = Command::new(&exe)
+            .args([
+                "corrupt_lists_abort_by_default",
+                "--exact",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(CHILD_ENV, case.id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let reader = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+            s
+        });
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break Some(st);
+            }
+            if t0.elapsed() > WATCHDOG {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            thread::sleep(Duration::from_millis(5));
+        };
+        let err = reader.join().unwrap();
+        let expecting = err
+            .lines()
+            .find_map(|l| l.strip_prefix("bad_input child: expecting: "))
+            .unwrap_or("<no expectation printed>")
+            .to_owned();
+        let aborted = status.and_then(|s| s.signal()) == Some(libc::SIGABRT);
+        let named = err
+            .lines()
+            .any(|l| l.contains("contract violation") && l.contains(&expecting));
+        println!("{:<48} aborted: {aborted}, named: {named}", case.id);
+        if !(aborted && named) {
+            bad.push(format!(
+                "{}: status {status:?}, expecting {expecting:?}; stderr:\n{err}",
+                case.id
+            ));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "cases that did not abort as expected:\n{}",
+        bad.join("\n")
+    );
 }

@@ -46,8 +46,11 @@ pub(crate) struct KTask {
     pub(crate) idle_fd: Option<IdleFd>,
     /// Worker: the CPU the emulator last pinned it to (`-1`: never).
     pub(crate) cpu: AtomicI32,
-    /// Worker: the head address of the idle-worker list it was last pushed on (0: never).
-    /// While `idle_workers_ptr` does not hold a head again, the worker is still queued.
+    /// Worker: the head address of the idle-worker list it was last pushed on, while it may
+    /// still be queued there (0: not queued). Set by a push; cleared when the worker leaves
+    /// the kernel RUNNING (a server took it off the list to run it). Only a worker that went
+    /// back to user space still queued (H5) keeps it: while its `idle_workers_ptr` does not
+    /// hold a head again, it is still on the list.
     pub(crate) queued_on: AtomicU64,
     /// Worker: `WAKE_ONLY` wake-ups aimed at it and not yet seen by its idle loop. Only
     /// these (not stale futex wakes) make a sleeping IDLE worker run the wake hook.
