@@ -16,7 +16,8 @@
 //! `cc` (or `$CC`) compiles each program with `-std=c11 -Wall -Werror -pthread`, links
 //! `libumcg_runtime.a -lpthread -ldl -lm`, into `$CARGO_TARGET_TMPDIR/c_abi/`. Programs whose
 //! behaviour depends on the idle-wakeup mode run twice, with `UMCG_IDLE_WAKEUP=list` and
-//! `=eventfd`. Each program arms `alarm(30)`, so a lost wakeup kills it; the test also kills
+//! `=eventfd`. Each program arms an `alarm` (30 s; `bad_input`, which runs itself once per
+//! corrupted-list case, 50 s), so a lost wakeup kills it; the test also kills
 //! it after [`TIMEOUT`]. A program must exit with status 0, except the one that checks that
 //! a contract violation aborts: it must die by `SIGABRT` and name the violation on stderr.
 //! On failure the test prints the program's exit status and output.
@@ -60,9 +61,14 @@ const PROGRAMS: &[Program] = &[
         both_modes: false,
         aborts: true,
     },
+    Program {
+        name: "bad_input",
+        both_modes: true,
+        aborts: false,
+    },
 ];
 
-/// The test's own bound on one run (the programs' watchdog is 30 s).
+/// The test's own bound on one run (the programs' watchdogs are 30 s and 50 s).
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn crate_dir() -> &'static Path {
@@ -212,6 +218,11 @@ fn idle_server_popped() {
 #[test]
 fn violation_aborts() {
     check_program("violation_aborts");
+}
+
+#[test]
+fn bad_input() {
+    check_program("bad_input");
 }
 
 /// Every `tests/c/*.c` is in [`PROGRAMS`] (and so has a test above), and vice versa.
