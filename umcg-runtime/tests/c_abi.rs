@@ -13,7 +13,8 @@
 //!
 //! # Running
 //!
-//! `cc` (or `$CC`) compiles each program with `-std=c11 -Wall -Werror -pthread`, links
+//! `cc` (or `$CC`) compiles each program with `-std=c11 -Wall -Werror -pthread` (and
+//! `-fsanitize=$UMCG_C_SANITIZE` when set, for a sanitizer build of the library), links
 //! `libumcg_runtime.a -lpthread -ldl -lm`, into `$CARGO_TARGET_TMPDIR/c_abi/`. Programs whose
 //! behaviour depends on the idle-wakeup mode run twice, with `UMCG_IDLE_WAKEUP=list` and
 //! `=eventfd`. Each program arms an `alarm` (30 s; `bad_input`, which runs itself once per
@@ -98,6 +99,15 @@ fn out_dir() -> PathBuf {
     dir
 }
 
+/// `UMCG_C_SANITIZE`, e.g. `address`: the sanitizer the library was built with
+/// (`-Zsanitizer=address`, see `ci/asan.sh`). Its instrumented code calls the sanitizer's
+/// runtime, which the C link then needs: the programs are compiled with `-fsanitize=` it.
+fn c_sanitizer() -> Option<String> {
+    std::env::var("UMCG_C_SANITIZE")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
 /// Compile `tests/c/<name>.c` into an executable; panics with the compiler's output.
 fn compile(name: &str) -> PathBuf {
     let src = crate_dir()
@@ -105,7 +115,11 @@ fn compile(name: &str) -> PathBuf {
         .join("c")
         .join(format!("{name}.c"));
     let exe = out_dir().join(format!("{name}-{}", std::process::id()));
-    let out = Command::new(cc())
+    let mut cmd = Command::new(cc());
+    if let Some(s) = c_sanitizer() {
+        cmd.arg(format!("-fsanitize={s}"));
+    }
+    let out = cmd
         .args([
             "-std=c11", "-Wall", "-Werror", "-O2", "-g", "-pthread", "-I",
         ])
@@ -116,13 +130,19 @@ fn compile(name: &str) -> PathBuf {
         .arg(&exe)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", cc()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let hint = if stderr.contains("__asan") && c_sanitizer().is_none() {
+        "\n(the library was built with AddressSanitizer: set UMCG_C_SANITIZE=address)"
+    } else {
+        ""
+    };
     assert!(
         out.status.success(),
-        "compiling {} failed ({}):\n{}{}",
+        "compiling {} failed ({}):\n{}{}{hint}",
         src.display(),
         out.status,
         String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        stderr
     );
     exe
 }
