@@ -493,6 +493,12 @@ static void c_self_loop(char *want, size_t n) {
     set_link(0, S(0) | DEL);
     snprintf(want, n, "idle-server list is corrupt: Cycle(%" PRIu64 ")", S(0));
 }
+static void c_cycle_behind(char *want, size_t n) {
+    atomic_store(&sc.g.idle_servers, S(0));
+    set_link(0, S(1) | DEL);
+    set_link(1, S(1) | DEL);
+    snprintf(want, n, "idle-server list is corrupt: Cycle(%" PRIu64 ")", S(1));
+}
 static void c_head_garbage(char *want, size_t n) {
     atomic_store(&sc.g.idle_servers, GARBAGE);
     snprintf(want, n, "idle-server list is corrupt: InvalidNode(%" PRIu64 ")", GARBAGE);
@@ -500,6 +506,14 @@ static void c_head_garbage(char *want, size_t n) {
 static void c_head_unmapped(char *want, size_t n) {
     atomic_store(&sc.g.idle_servers, hole + 16);
     snprintf(want, n, "idle-server list is corrupt: InvalidNode(%" PRIu64 ")", hole + 16);
+}
+static void c_head_prot_none(char *want, size_t n) {
+    atomic_store(&sc.g.idle_servers, prot_none + 16);
+    snprintf(want, n, "idle-server list is corrupt: InvalidNode(%" PRIu64 ")", prot_none + 16);
+}
+static void c_head_itself(char *want, size_t n) {
+    atomic_store(&sc.g.idle_servers, H());
+    snprintf(want, n, "idle-server list is corrupt: InvalidNode(%" PRIu64 ")", H());
 }
 static void c_head_unregistered(char *want, size_t n) {
     atomic_store(&sc.g.idle_servers, node_of(&sc.stray));
@@ -523,6 +537,11 @@ static void c_link_unmapped(char *want, size_t n) {
     set_link(0, (hole + 16) | DEL);
     snprintf(want, n, "idle-server list is corrupt: InvalidNode(%" PRIu64 ")", hole + 16);
 }
+static void c_link_unregistered(char *want, size_t n) {
+    atomic_store(&sc.g.idle_servers, S(0));
+    set_link(0, node_of(&sc.stray) | DEL);
+    snprintf(want, n, "idle-server list is corrupt: InvalidNode(%" PRIu64 ")", node_of(&sc.stray));
+}
 static void c_servers_ptr_unmapped(char *want, size_t n) {
     STORE64(&cw.idle_servers_ptr, hole);
     snprintf(want, n, "list head address %#" PRIx64 " is not readable", hole);
@@ -530,6 +549,10 @@ static void c_servers_ptr_unmapped(char *want, size_t n) {
 static void c_servers_ptr_misaligned(char *want, size_t n) {
     STORE64(&cw.idle_servers_ptr, H() + 4);
     snprintf(want, n, "idle-server list is corrupt: MisalignedHead(%" PRIu64 ")", H() + 4);
+}
+static void c_servers_ptr_tagged(char *want, size_t n) {
+    STORE64(&cw.idle_servers_ptr, H() | 1);
+    snprintf(want, n, "idle-server list is corrupt: MisalignedHead(%" PRIu64 ")", H() | 1);
 }
 static void c_servers_ptr_node(char *want, size_t n) {
     STORE64(&cw.idle_servers_ptr, S(0));
@@ -569,21 +592,40 @@ static void c_head_word_misaligned(char *want, size_t n) {
              addr_of(&sc.own_head));
 }
 
+static void c_head_word_tagged(char *want, size_t n) {
+    uint64_t v = addr_of(&cw.idle_workers_ptr) | 1;
+    atomic_store(&sc.own_head, v);
+    STORE64(&cw.idle_workers_ptr, addr_of(&sc.own_head));
+    snprintf(want, n,
+             "idle-worker list head is corrupt: CorruptHeadValue { head: %" PRIu64
+             ", value: %" PRIu64 " }",
+             addr_of(&sc.own_head), v);
+}
+static void c_head_word_is_the_worker(char *want, size_t n) {
+    atomic_store(&sc.own_head, addr_of(&cw.idle_workers_ptr));
+    STORE64(&cw.idle_workers_ptr, addr_of(&sc.own_head));
+    snprintf(want, n, "idle-worker list head is corrupt: AlreadyAtHead");
+}
 static const struct {
     const char *id;
     corrupt_fn corrupt;
 } CASES[] = {
     {"servers.cycle_of_two_deleted_nodes", c_cycle},
     {"servers.deleted_node_linked_to_itself", c_self_loop},
+    {"servers.cycle_behind_a_deleted_node", c_cycle_behind},
     {"servers.head_garbage", c_head_garbage},
     {"servers.head_unmapped_node", c_head_unmapped},
+    {"servers.head_prot_none_node", c_head_prot_none},
+    {"servers.head_points_at_itself", c_head_itself},
     {"servers.head_unregistered_task", c_head_unregistered},
     {"servers.head_a_workers_node", c_head_workers_node},
     {"servers.head_tagged", c_head_tagged},
     {"servers.link_garbage", c_link_garbage},
     {"servers.link_unmapped_node", c_link_unmapped},
+    {"servers.link_unregistered_task", c_link_unregistered},
     {"worker.idle_servers_ptr_unmapped", c_servers_ptr_unmapped},
     {"worker.idle_servers_ptr_misaligned", c_servers_ptr_misaligned},
+    {"worker.idle_servers_ptr_tagged", c_servers_ptr_tagged},
     {"worker.idle_servers_ptr_a_servers_node", c_servers_ptr_node},
     {"worker.idle_workers_ptr_null", c_workers_ptr_null},
     {"worker.idle_workers_ptr_unmapped", c_workers_ptr_unmapped},
@@ -592,6 +634,8 @@ static const struct {
     {"worker.idle_workers_ptr_own_node", c_workers_ptr_own_node},
     {"worker.idle_workers_ptr_a_servers_node", c_workers_ptr_server_node},
     {"workers.head_word_misaligned", c_head_word_misaligned},
+    {"workers.head_word_tagged", c_head_word_tagged},
+    {"workers.head_word_is_the_worker", c_head_word_is_the_worker},
 };
 #define NCASES (sizeof CASES / sizeof CASES[0])
 static const char *const PATHS[] = {"register", "unblock", "wait"};
