@@ -356,6 +356,16 @@ fn dummy_group() -> &'static Group {
     G.get_or_init(Group::new)
 }
 
+/// Keep `t` for the rest of the process (a thread the watchdog gave up on may still use it),
+/// reachable from a static: LeakSanitizer (`ci/asan.sh`) reports a bare `Box::leak` whose
+/// pointer no live memory holds any more as a leak.
+fn keep(t: Box<UmcgTask>) -> &'static UmcgTask {
+    static KEPT: Mutex<Vec<&'static UmcgTask>> = Mutex::new(Vec::new());
+    let t: &'static UmcgTask = Box::leak(t);
+    KEPT.lock().unwrap().push(t);
+    t
+}
+
 fn server_task() -> Box<UmcgTask> {
     Box::new(UmcgTask::new_server())
 }
@@ -1837,7 +1847,7 @@ fn drive(sc: &Arc<Scene>, s: Option<&Server>, case: &Case, path: Path) -> (Out, 
     let at = Arc::new(Mutex::new(what.clone()));
     match path {
         Path::Register => {
-            let w: &'static UmcgTask = Box::leak(sc.group.new_worker_task());
+            let w = keep(sc.group.new_worker_task());
             let want = Out::Violation((case.corrupt)(sc, w));
             let got = watched(&what, &at, move || {
                 let r = ctl(UMCG_CTL_REGISTER | UMCG_CTL_WORKER, w);
@@ -2037,7 +2047,7 @@ fn corrupt_lists_abort_by_default() {
         unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
         let sc = Scene::new();
         let case = cases().into_iter().find(|c| c.id == id).expect("a case");
-        let w: &'static UmcgTask = Box::leak(sc.group.new_worker_task());
+        let w = keep(sc.group.new_worker_task());
         let want = (case.corrupt)(&sc, w);
         eprintln!("bad_input child: expecting: {}", kind_text(want));
         let r = ctl(UMCG_CTL_REGISTER | UMCG_CTL_WORKER, w);
