@@ -161,8 +161,10 @@ fn watched<T: Send + 'static>(
 // Fixtures
 
 /// Addresses that are not readable: `hole` was mapped and is not any more (munmap); its two
-/// neighbours are `PROT_NONE`. The neighbours stay reserved for the life of the process, so
-/// no later mapping (another test's thread stack) can move into the hole between them.
+/// neighbours are `PROT_NONE`. The three pages are placed low ([`BAD_PAGES_HINT`]), far below
+/// where `mmap(NULL, ...)` puts anything (top-down from below the stacks, into the highest gap
+/// that fits): a one-page hole among the mmap area's pages did get filled, under
+/// AddressSanitizer, whose runtime maps single pages, so the "unmapped" address was readable.
 struct BadPages {
     hole: u64,
     prot_none: u64,
@@ -172,10 +174,11 @@ fn bad_pages() -> &'static BadPages {
     static PAGES: OnceLock<BadPages> = OnceLock::new();
     PAGES.get_or_init(|| {
         let page = 4096;
-        // SAFETY: a fresh anonymous private mapping; no existing memory is affected.
+        // SAFETY: a fresh anonymous private mapping; without MAP_FIXED the address is a hint
+        // only, so no existing memory is affected.
         let base = unsafe {
             libc::mmap(
-                std::ptr::null_mut(),
+                std::ptr::with_exposed_provenance_mut(BAD_PAGES_HINT),
                 3 * page,
                 libc::PROT_NONE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
@@ -194,6 +197,10 @@ fn bad_pages() -> &'static BadPages {
     })
 }
 
+/// Where [`bad_pages`] asks for its pages (a hint): 256 MiB, below PIE executables and their
+/// heap (`0x55...`), above `vm.mmap_min_addr`, and application memory (not shadow) under
+/// AddressSanitizer on x86-64.
+const BAD_PAGES_HINT: usize = 0x1000_0000;
 /// Never mapped: above the 57-bit user address space, so non-canonical on every x86-64.
 const NONCANONICAL: u64 = 0xdead_0000_0000_0000;
 /// Never mapped: the kernel half.

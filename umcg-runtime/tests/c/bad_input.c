@@ -31,13 +31,17 @@
 
 /* ---- fixtures ------------------------------------------------------------------------- */
 
-/* Not readable: `hole` was unmapped, its neighbour `prot_none` is PROT_NONE (both stay
- * reserved between PROT_NONE pages, so no later mapping moves into the hole). */
+/* Not readable: `hole` was unmapped, its neighbour `prot_none` is PROT_NONE. The pages are
+ * placed low (a hint: 256 MiB, below PIE executables and their heap, application memory
+ * under AddressSanitizer), far below where mmap(NULL, ...) puts anything: a one-page hole
+ * among the mmap area's pages got filled by AddressSanitizer's runtime, which maps single
+ * pages, and the "unmapped" address was readable. */
 static uint64_t hole, prot_none;
 
 static void map_bad_pages(void) {
     long page = sysconf(_SC_PAGESIZE);
-    char *base = mmap(NULL, 3 * (size_t)page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    char *base = mmap((void *)(uintptr_t)0x10000000u, 3 * (size_t)page, PROT_NONE,
+                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     CHECK(base != MAP_FAILED);
     CHECK(munmap(base + page, (size_t)page) == 0);
     hole = addr_of(base + page);
