@@ -1216,6 +1216,16 @@ fn rows() -> Vec<Row> {
             want: ESRCH,
         },
         Row {
+            id: "wait.switch.worker_server_tid_unregistered",
+            spec: "extension (no registered server to wait on: ESRCH; kernel doc, \"A server that leaves\")",
+            ctx: Worker,
+            call: |e| {
+                e.me.server_tid.store(e.th.bystander, Ordering::Relaxed);
+                wait(0, 0)
+            },
+            want: ESRCH,
+        },
+        Row {
             id: "wait.switch.worker_unregistered_thread",
             spec: "§2.4 step 5 (RUNNING with a server: returns at once)",
             ctx: Worker,

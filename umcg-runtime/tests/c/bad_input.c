@@ -443,6 +443,9 @@ static void *worker_rows(void *arg) {
     ERR("wait.switch.worker_server_tid_exited", umcg_wait(0, 0), ESRCH);
     STORE32(&ww.server_tid, NO_SUCH_TID);
     ERR("wait.switch.worker_server_tid_no_such_thread", umcg_wait(0, 0), ESRCH);
+    /* Extension ("A server that leaves"): woken as a plain thread, then no server to wait on. */
+    STORE32(&ww.server_tid, bystander);
+    ERR("wait.switch.worker_server_tid_unregistered", umcg_wait(0, 0), ESRCH);
     STORE32(&ww.server_tid, server);
     STORE32(&ww.next_tid, bystander);
     OK("wait.switch.worker_unregistered_thread", umcg_wait(0, 0));
