@@ -149,6 +149,10 @@ pub enum Corruption {
     InvalidNode(u64),
     /// A walk followed more links than its limit: a cycle, or an absurdly long list.
     TooLong,
+    /// The links from the head run into a cycle; this is the first node of the cycle on the
+    /// way from the head (reported by [`find_cycle`], which the emulated kernel runs when a
+    /// pop exhausts its bound).
+    Cycle(u64),
 }
 
 /// The node of a server task: the address of its `idle_servers_ptr` field.
@@ -692,6 +696,77 @@ pub unsafe fn pop_raw(head_addr: u64, bound: usize, valid: impl Fn(u64) -> bool)
     }
 }
 
+/// Whether the links from the head word at `head_addr` run into a cycle; if so, the first node
+/// of the cycle on the way from the head.
+///
+/// For a pop that exhausted its bound ([`Pop::BoundExceeded`]): a cycle of deleted nodes and
+/// a long run of them (hazard H4, user-space GC did not keep up) both stop the pop, and only
+/// this tells them apart. It only reads: Brent's algorithm for the cycle's length, then two
+/// walkers that many links apart meet at its first node; each phase follows at most `limit`
+/// links. `None` at the end of the list, at a node that is malformed or that `valid` rejects
+/// (never dereferenced), at a node that was reset (its link is the head address, K3), at a
+/// tagged head, or past `limit`.
+///
+/// It takes no lock (the kernel's pop takes none either): under concurrent pushes and
+/// collections the links it reads may belong to different moments, so the answer is only a
+/// diagnosis of a pop that already failed.
+///
+/// # Safety
+/// - As for [`pop_raw`]: a non-zero, 8-byte aligned `head_addr` is a live `AtomicU64` head
+///   word, and every address that passes the shape check and `valid` is the
+///   `idle_servers_ptr` field of a live [`UmcgTask`] for the duration of the call.
+pub unsafe fn find_cycle(head_addr: u64, limit: usize, valid: impl Fn(u64) -> bool) -> Option<u64> {
+    if head_addr == 0 || !head_addr.is_multiple_of(8) {
+        return None;
+    }
+    // SAFETY: non-zero and aligned: a live head word per the caller's contract.
+    let head = unsafe { &*core::ptr::with_exposed_provenance::<AtomicU64>(head_addr as usize) };
+    let next = |cur: u64| -> Option<u64> {
+        if cur == 0 || !Node::is_well_formed(cur) || cur == head_addr || !valid(cur) {
+            return None;
+        }
+        // SAFETY: a validated node of a live task (caller's contract).
+        let link = unsafe { Node(cur).word() }.load(Ordering::Acquire);
+        (link != head_addr).then_some(link & !DELETED)
+    };
+    let first = head.load(Ordering::Acquire);
+    if first & DELETED != 0 {
+        return None;
+    }
+    // Brent: `hare` runs ahead; `tortoise` jumps to it at every power of two. They meet
+    // once the power of two reaches the cycle's length `len`.
+    let (mut power, mut len) = (1usize, 1usize);
+    let mut tortoise = first;
+    let mut hare = next(first)?;
+    let mut steps = 0;
+    while tortoise != hare {
+        if steps == limit {
+            return None;
+        }
+        steps += 1;
+        if power == len {
+            tortoise = hare;
+            power *= 2;
+            len = 0;
+        }
+        hare = next(hare)?;
+        len += 1;
+    }
+    // Two walkers `len` links apart meet at the first node of the cycle.
+    let (mut a, mut b) = (first, first);
+    for _ in 0..len {
+        b = next(b)?;
+    }
+    for _ in 0..=limit {
+        if a == b {
+            return Some(a);
+        }
+        a = next(a)?;
+        b = next(b)?;
+    }
+    None
+}
+
 #[cfg(all(test, not(umcg_loom)))]
 mod tests {
     use super::*;
@@ -936,6 +1011,54 @@ mod tests {
         let mut n = 0;
         assert_eq!(list.pop_all(|_| n += 1), Err(Corruption::TooLong));
         assert_eq!(n, 2, "each node of the cycle is claimed once");
+    }
+
+    #[test]
+    fn find_cycle_names_the_first_node_of_a_cycle() {
+        let list = IdleServerList::new();
+        let s = servers(4);
+        let n: Vec<u64> = s.iter().map(|t| Node::of(t).addr()).collect();
+        let h = list.head_addr();
+        let all = |_| true;
+        let find = |limit| {
+            // SAFETY: the head is ours; every node is one of the live boxed servers.
+            unsafe { find_cycle(h, limit, all) }
+        };
+        // No cycle: the end, a reset node, an empty list.
+        assert_eq!(find(100), None);
+        for (t, next) in s.iter().zip([n[1] | DELETED, n[2] | DELETED, 0, 0]) {
+            t.idle_servers_ptr.store(next, Ordering::Relaxed);
+        }
+        list.corrupt_head_for_test(n[0]);
+        assert_eq!(find(100), None);
+        s[2].idle_servers_ptr.store(h, Ordering::Relaxed);
+        assert_eq!(find(100), None);
+        // A node linked to itself; a cycle of two; a cycle of three behind a tail of one.
+        s[2].idle_servers_ptr
+            .store(n[2] | DELETED, Ordering::Relaxed);
+        assert_eq!(find(100), Some(n[2]));
+        list.corrupt_head_for_test(n[2]);
+        assert_eq!(find(100), Some(n[2]));
+        s[1].idle_servers_ptr.store(n[0], Ordering::Relaxed);
+        list.corrupt_head_for_test(n[0]);
+        assert_eq!(find(100), Some(n[0]));
+        s[1].idle_servers_ptr.store(n[2], Ordering::Relaxed);
+        s[2].idle_servers_ptr
+            .store(n[3] | DELETED, Ordering::Relaxed);
+        s[3].idle_servers_ptr
+            .store(n[1] | DELETED, Ordering::Relaxed);
+        assert_eq!(find(100), Some(n[1]));
+        // The limit, the validator, and a tagged head end the search.
+        assert_eq!(find(1), None);
+        // SAFETY: as above.
+        assert_eq!(unsafe { find_cycle(h, 100, |a| a != n[3]) }, None);
+        list.corrupt_head_for_test(n[0] | DELETED);
+        assert_eq!(find(100), None);
+        // SAFETY: these head addresses are rejected before any dereference.
+        unsafe {
+            assert_eq!(find_cycle(0, 100, all), None);
+            assert_eq!(find_cycle(h + 4, 100, all), None);
+        }
     }
 
     #[test]

@@ -246,9 +246,28 @@ fn push_onto(
 ///   (exposed with `expose_provenance`, e.g. by [`IdleWorkerHead::addr`]), which stays alive
 ///   and is only accessed atomically for the duration of the call.
 pub unsafe fn push_worker(worker: &UmcgTask, bound: u32) -> Result<WorkerPush, PushError> {
-    let node_addr = node_addr_of(worker);
     // Acquire: pairs with the consumer's Release reset of this field.
     let h = worker.idle_workers_ptr.load(Ordering::Acquire);
+    // SAFETY: `h` is the field's value, which the caller's contract covers.
+    unsafe { push_worker_onto(worker, h, bound) }
+}
+
+/// [`push_worker`] onto `h`, a value the caller has already read from
+/// `worker.idle_workers_ptr` (step 1) and checked, e.g. found readable: the field is not read
+/// again, so only the address the caller checked is ever dereferenced, even if user space
+/// changes the field meanwhile.
+///
+/// # Safety
+///
+/// - If `h` is non-zero, 8-byte aligned and not the worker's own node address, it is the
+///   address of a live `AtomicU64` head word (exposed with `expose_provenance`), which stays
+///   alive and is only accessed atomically for the duration of the call.
+pub unsafe fn push_worker_onto(
+    worker: &UmcgTask,
+    h: u64,
+    bound: u32,
+) -> Result<WorkerPush, PushError> {
+    let node_addr = node_addr_of(worker);
     check_head_addr(h, node_addr)?;
     // SAFETY: `h` is non-zero, aligned and not the worker's node; the caller guarantees such a
     // value is a live, exposed head word for the duration of the call.
@@ -579,6 +598,34 @@ mod tests {
         assert_eq!(unsafe { push_worker(&w, 4) }, Err(PushError::AlreadyAtHead));
         assert_eq!(w.idle_workers_ptr.load(Ordering::Relaxed), h.addr());
         assert_eq!(h.word.load(Ordering::Relaxed), w.idle_workers_node());
+    }
+
+    #[test]
+    fn push_worker_onto_uses_the_given_head_not_the_field() {
+        let h = IdleWorkerHead::new();
+        let w = worker(&h);
+        let node = w.idle_workers_node();
+        // The field changed after the caller read `h`: the push goes where the caller checked,
+        // and the field ends as the link.
+        w.idle_workers_ptr
+            .store(0xdead_0000_0000_0000, Ordering::Relaxed);
+        // SAFETY: `h` is alive; the field's value is never dereferenced.
+        let r = unsafe { push_worker_onto(&w, h.addr(), 4) };
+        assert!(matches!(r, Ok(WorkerPush::Pushed { attempts: 1 })));
+        assert_eq!(h.word.load(Ordering::Relaxed), node);
+        assert_eq!(w.idle_workers_ptr.load(Ordering::Relaxed), 0);
+        // Malformed heads are refused before any dereference, the field left alone.
+        w.idle_workers_ptr.store(h.addr(), Ordering::Relaxed);
+        for (bad, e) in [
+            (0, PushError::NullHead),
+            (h.addr() | 1, PushError::TaggedHead(h.addr() | 1)),
+            (h.addr() + 4, PushError::MisalignedHead(h.addr() + 4)),
+            (node, PushError::SelfLink(node)),
+        ] {
+            // SAFETY: rejected before any dereference.
+            assert_eq!(unsafe { push_worker_onto(&w, bad, 4) }, Err(e));
+            assert_eq!(w.idle_workers_ptr.load(Ordering::Relaxed), h.addr());
+        }
     }
 
     #[test]

@@ -179,9 +179,10 @@ fn hook(name: &str, f: fn() -> Result<(), UmcgError>) {
 ///
 /// Returns 0; 1 if `task->api_version` is not supported (not an error: 1 is the only
 /// supported version); or -1 with errno: `EINVAL` for bad flags, a thread already
-/// registered (or, on unregister, not registered), non-zero `server_tid`/`next_tid`, or a
-/// state other than exactly `UMCG_TASK_RUNNING` (server) / `UMCG_TASK_IDLE` (worker);
-/// `EFAULT` for a NULL, misaligned or unreadable `task`.
+/// registered (or, on unregister, not registered), non-zero `server_tid`/`next_tid`, a
+/// state other than exactly `UMCG_TASK_RUNNING` (server) / `UMCG_TASK_IDLE` (worker), or
+/// (an extension: v0.3 did not check) a `task` that another thread has registered; `EFAULT`
+/// for a NULL, misaligned or unreadable `task`.
 ///
 /// A server writes its own TID into `server_tid` after registering. A worker needs non-zero
 /// `idle_workers_ptr` (and usually `idle_servers_ptr`) head addresses; its registration is

@@ -13,10 +13,12 @@
 //!
 //! # Running
 //!
-//! `cc` (or `$CC`) compiles each program with `-std=c11 -Wall -Werror -pthread`, links
+//! `cc` (or `$CC`) compiles each program with `-std=c11 -Wall -Werror -pthread` (and
+//! `-fsanitize=$UMCG_C_SANITIZE` when set, for a sanitizer build of the library), links
 //! `libumcg_runtime.a -lpthread -ldl -lm`, into `$CARGO_TARGET_TMPDIR/c_abi/`. Programs whose
 //! behaviour depends on the idle-wakeup mode run twice, with `UMCG_IDLE_WAKEUP=list` and
-//! `=eventfd`. Each program arms `alarm(30)`, so a lost wakeup kills it; the test also kills
+//! `=eventfd`. Each program arms an `alarm` (30 s; `bad_input`, which runs itself once per
+//! corrupted-list case, 50 s), so a lost wakeup kills it; the test also kills
 //! it after [`TIMEOUT`]. A program must exit with status 0, except the one that checks that
 //! a contract violation aborts: it must die by `SIGABRT` and name the violation on stderr.
 //! On failure the test prints the program's exit status and output.
@@ -60,9 +62,14 @@ const PROGRAMS: &[Program] = &[
         both_modes: false,
         aborts: true,
     },
+    Program {
+        name: "bad_input",
+        both_modes: true,
+        aborts: false,
+    },
 ];
 
-/// The test's own bound on one run (the programs' watchdog is 30 s).
+/// The test's own bound on one run (the programs' watchdogs are 30 s and 50 s).
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn crate_dir() -> &'static Path {
@@ -92,6 +99,15 @@ fn out_dir() -> PathBuf {
     dir
 }
 
+/// `UMCG_C_SANITIZE`, e.g. `address`: the sanitizer the library was built with
+/// (`-Zsanitizer=address`, see `ci/asan.sh`). Its instrumented code calls the sanitizer's
+/// runtime, which the C link then needs: the programs are compiled with `-fsanitize=` it.
+fn c_sanitizer() -> Option<String> {
+    std::env::var("UMCG_C_SANITIZE")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
 /// Compile `tests/c/<name>.c` into an executable; panics with the compiler's output.
 fn compile(name: &str) -> PathBuf {
     let src = crate_dir()
@@ -99,7 +115,11 @@ fn compile(name: &str) -> PathBuf {
         .join("c")
         .join(format!("{name}.c"));
     let exe = out_dir().join(format!("{name}-{}", std::process::id()));
-    let out = Command::new(cc())
+    let mut cmd = Command::new(cc());
+    if let Some(s) = c_sanitizer() {
+        cmd.arg(format!("-fsanitize={s}"));
+    }
+    let out = cmd
         .args([
             "-std=c11", "-Wall", "-Werror", "-O2", "-g", "-pthread", "-I",
         ])
@@ -110,13 +130,19 @@ fn compile(name: &str) -> PathBuf {
         .arg(&exe)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", cc()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let hint = if stderr.contains("__asan") && c_sanitizer().is_none() {
+        "\n(the library was built with AddressSanitizer: set UMCG_C_SANITIZE=address)"
+    } else {
+        ""
+    };
     assert!(
         out.status.success(),
-        "compiling {} failed ({}):\n{}{}",
+        "compiling {} failed ({}):\n{}{}{hint}",
         src.display(),
         out.status,
         String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        stderr
     );
     exe
 }
@@ -212,6 +238,11 @@ fn idle_server_popped() {
 #[test]
 fn violation_aborts() {
     check_program("violation_aborts");
+}
+
+#[test]
+fn bad_input() {
+    check_program("bad_input");
 }
 
 /// Every `tests/c/*.c` is in [`PROGRAMS`] (and so has a test above), and vice versa.

@@ -511,8 +511,15 @@ fn kick_preempts_a_spinning_worker() {
     let counter_exited = Arc::new(AtomicBool::new(false));
     const TARGET: u32 = 30;
 
-    let (g, st, ex) = (group.clone(), stop.clone(), spinner_exited.clone());
+    let spinner_tid = Arc::new(AtomicU32::new(0));
+    let (g, st, ex, stid) = (
+        group.clone(),
+        stop.clone(),
+        spinner_exited.clone(),
+        spinner_tid.clone(),
+    );
     let spinner = thread::spawn(move || {
+        stid.store(sys::gettid(), Ordering::Release);
         let w = Worker::register(&g);
         let mut x = 0u64;
         while !st.load(Ordering::Relaxed) {
@@ -550,6 +557,13 @@ fn kick_preempts_a_spinning_worker() {
             let st = run_with_slice(&s, w, Duration::from_millis(2));
             match st.state() {
                 TaskState::Blocked => {}
+                // The counter blocked, and its sleep ended before this server read its state
+                // (a slow machine, e.g. under ASan): the wake hook already queued it. The
+                // spinner never blocks, so it never comes back plain IDLE.
+                TaskState::Idle
+                    if !st.is_preempted()
+                        && !st.is_locked()
+                        && tid_of(w) != spinner_tid.load(Ordering::Acquire) => {}
                 TaskState::Idle if st.is_preempted() => preempted += 1, // queued by the kick
                 TaskState::Idle if st.is_locked() => exited += 1,
                 other => panic!("worker came back {other:?} ({st:?})"),

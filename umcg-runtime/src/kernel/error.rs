@@ -79,6 +79,9 @@ pub enum ViolationKind {
     /// `dup2`ed another file over one of them (the errno that found it). Reported once, by
     /// the server's `umcg_wait`; the server then sleeps on its futex.
     IdleFdBroken(Errno),
+    /// A list head address (`idle_servers_ptr` or `idle_workers_ptr`) is the node of a
+    /// registered task: a stale link left in the field instead of a head address (H6).
+    ListHeadIsNode(u64),
 }
 
 impl fmt::Display for Violation {
@@ -118,6 +121,10 @@ impl fmt::Display for Violation {
             ViolationKind::IdleFdBroken(e) => write!(
                 f,
                 "the server's idle-wakeup eventfd or epoll fd was closed or replaced by user space ({e}); it now sleeps on its futex"
+            )?,
+            ViolationKind::ListHeadIsNode(a) => write!(
+                f,
+                "list head address {a:#x} is a registered task's list node, not a head (a stale link, H6)"
             )?,
         }
         if let Some(s) = self.state {

@@ -143,7 +143,7 @@ pub(crate) mod registry;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering, fence};
 
-use umcg_abi::idle_servers::{self, Pop};
+use umcg_abi::idle_servers::{self, Corruption, Pop};
 use umcg_abi::idle_workers::{self, WorkerPush};
 use umcg_abi::*;
 
@@ -306,8 +306,9 @@ fn v(kind: ViolationKind, me: &KTask, other: u32, state: Option<StateWord>) -> U
 /// Checks run in the kernel's order: flags (`EINVAL`), already registered (`EINVAL`), `self`
 /// NULL, misaligned or unreadable (`EFAULT`, probed without touching it), `api_version != 1`
 /// ([`Ctl::UnsupportedApiVersion`]), `server_tid`/`next_tid` non-zero (`EINVAL`), state
-/// (`EINVAL`). A worker registration runs the wake hook and returns only once a server has
-/// made the worker RUNNING.
+/// (`EINVAL`); then, an extension, `self` already registered by another thread (`EINVAL`).
+/// A worker registration runs the wake hook and returns only once a server has made the
+/// worker RUNNING.
 ///
 /// # Safety
 /// - If `task` passes the checks, it points to a `struct umcg_task` that stays valid and
@@ -372,7 +373,7 @@ pub unsafe fn umcg_ctl(flags: u32, task: *mut UmcgTask) -> Result<Ctl, UmcgError
         // ended the hook's wait (H5) but does not end a registration (the issue asks for
         // the stronger guarantee): wait on, without running the hook again. A server may
         // already have taken the worker off the list; a second hook would queue it twice.
-        sleep_until_running(me.task(), false);
+        sleep_until_running(&me, false);
     }
     Ok(Ctl::Done)
 }
@@ -594,6 +595,7 @@ fn idle_loop(me: &KTask, deadline: Option<Deadline>) -> Result<(), UmcgError> {
                     Err(_) => return Err(Errno::EFAULT.into()),
                 }
             }
+            left_running(me);
             return Ok(());
         }
         if me.worker && {
@@ -817,7 +819,7 @@ fn end_blocking() -> Result<(), UmcgError> {
         && wake_hook(&me)?
     {
         // H5: queued and IDLE; someone will make it RUNNING.
-        sleep_until_running(me.task(), false);
+        sleep_until_running(&me, false);
     }
     Ok(())
 }
@@ -825,15 +827,28 @@ fn end_blocking() -> Result<(), UmcgError> {
 /// The idle loop of the hooks: sleep on the task's state word until it is RUNNING (spurious
 /// wakes loop). With `stop_on_signal`, a signal handler ends the wait (v0.3's H5); returns
 /// whether it did.
-fn sleep_until_running(t: &UmcgTask, stop_on_signal: bool) -> bool {
+fn sleep_until_running(me: &KTask, stop_on_signal: bool) -> bool {
+    let t = me.task();
     loop {
         let w = t.load_state();
         if w.state() == TaskState::Running {
+            left_running(me);
             return false;
         }
         if sys::futex_wait(&t.state, w.bits(), None) == FutexWait::Interrupted && stop_on_signal {
             return true;
         }
+    }
+}
+
+/// A worker leaves the kernel RUNNING: a server (user space) made it so, which it does only
+/// to a worker it took off the idle-worker list. From now on the worker is not queued, so the
+/// double-enqueue guard of [`enqueue_worker`] no longer applies: its field must hold a head
+/// again the next time it is pushed (a worker that goes back to user space still queued,
+/// H5, keeps `queued_on`).
+fn left_running(me: &KTask) {
+    if me.worker {
+        me.queued_on.store(0, Ordering::Relaxed);
     }
 }
 
@@ -872,32 +887,40 @@ fn wake_hook(me: &KTask) -> Result<bool, UmcgError> {
     wake_idle_server(me, &table)?;
     drop(table);
     // Idle loop until RUNNING; spurious wakes loop, a signal ends it (H5).
-    Ok(sleep_until_running(t, true))
+    Ok(sleep_until_running(me, true))
 }
 
-/// §2.5.2 step 3, with the double-enqueue guard.
+/// §2.5.2 step 3, with the double-enqueue guard and the head address validated.
 fn enqueue_worker(me: &KTask, table: &Table) -> Result<(), UmcgError> {
     let t = me.task();
+    let node = t.idle_workers_node();
     let h = t.idle_workers_ptr.load(Ordering::Acquire);
     let queued_on = me.queued_on.load(Ordering::Relaxed);
-    if queued_on != 0 && h != queued_on && (h == 0 || table.worker_nodes.contains_key(&h)) {
-        // The field still holds a link (0 = last node, or another worker's node): the worker
-        // is on the list from an earlier push that user space has not taken yet. Pushing it
-        // again would corrupt the list; it is already where the hook wants it.
+    if queued_on != 0
+        && h != queued_on
+        && h != node
+        && (h == 0 || table.worker_nodes.contains_key(&h))
+    {
+        // The worker went back to user space while queued (H5), and the field still holds a
+        // link (0 = last node, or another worker's node): it is on the list from that push,
+        // which user space has not taken yet. Pushing it again would corrupt the list; it is
+        // already where the hook wants it. (A worker that left the kernel RUNNING was taken
+        // off the list: `queued_on` is 0 and its field must hold a head again.)
         return Ok(());
     }
     if h == 0 {
         return Err(v(ViolationKind::IdleWorkersPtrNull, me, 0, None));
     }
-    if me.checked_workers_head.load(Ordering::Relaxed) != h {
-        if !h.is_multiple_of(8) || sys::probe_readable(h as usize, 8).is_err() {
-            return Err(v(ViolationKind::UnmappedListHead(h), me, 0, None));
-        }
+    // A malformed `h` (tagged, misaligned, the worker's own node) is refused by the push
+    // below before any dereference, with its own kind.
+    if h.is_multiple_of(8) && h != node && me.checked_workers_head.load(Ordering::Relaxed) != h {
+        check_list_head(me, table, h)?;
         me.checked_workers_head.store(h, Ordering::Relaxed);
     }
-    // SAFETY: `h` is aligned and was readable; user space keeps its head word alive while
-    // workers point at it (the same contract the kernel relied on).
-    match unsafe { idle_workers::push_worker(t, list_bound() as u32) } {
+    // SAFETY: a well-formed `h` is not a registered task's node and was readable; user space
+    // keeps its head word alive while workers point at it (the contract the kernel relied
+    // on). The push does not read the field again: only this checked `h` is dereferenced.
+    match unsafe { idle_workers::push_worker_onto(t, h, list_bound() as u32) } {
         Ok(WorkerPush::Pushed { .. }) => {
             me.queued_on.store(h, Ordering::Relaxed);
             Ok(())
@@ -907,6 +930,21 @@ fn enqueue_worker(me: &KTask, table: &Table) -> Result<(), UmcgError> {
     }
 }
 
+/// A list head address (`idle_workers_ptr` or `idle_servers_ptr`, aligned) that this task has
+/// not used before: it must not be a registered task's node (a stale link left in the field,
+/// H6: the kernel would have pushed onto, or popped from, that task's link word), and it
+/// must be readable. Checked once per new head (the caller caches it), so the hot path pays
+/// a compare.
+fn check_list_head(me: &KTask, table: &Table, h: u64) -> Result<(), UmcgError> {
+    if table.server_nodes.contains_key(&h) || table.worker_nodes.contains_key(&h) {
+        return Err(v(ViolationKind::ListHeadIsNode(h), me, 0, None));
+    }
+    if sys::probe_readable(h as usize, 8).is_err() {
+        return Err(v(ViolationKind::UnmappedListHead(h), me, 0, None));
+    }
+    Ok(())
+}
+
 /// §2.5.2 steps 5–6: pop an idle server and wake it.
 fn wake_idle_server(me: &KTask, table: &Table) -> Result<(), UmcgError> {
     let t = me.task();
@@ -914,31 +952,38 @@ fn wake_idle_server(me: &KTask, table: &Table) -> Result<(), UmcgError> {
     if hs == 0 {
         return Ok(()); // No idle-server list (H9: treated as "no server").
     }
-    if me.checked_servers_head.load(Ordering::Relaxed) != hs {
-        if !hs.is_multiple_of(8) || sys::probe_readable(hs as usize, 8).is_err() {
-            return Err(v(ViolationKind::UnmappedListHead(hs), me, 0, None));
-        }
+    // A misaligned (or tagged) `hs` is refused by the pop before any dereference.
+    if hs.is_multiple_of(8) && me.checked_servers_head.load(Ordering::Relaxed) != hs {
+        check_list_head(me, table, hs)?;
         me.checked_servers_head.store(hs, Ordering::Relaxed);
     }
-    // SAFETY: `hs` is aligned and readable (user space keeps it alive while workers point at
+    let registered_server = |n: u64| table.server_nodes.contains_key(&n);
+    // SAFETY: an aligned `hs` was readable (user space keeps it alive while workers point at
     // it); every node is validated against the registry, whose read lock we hold, so it is
     // a registered server's live task for the whole pop.
-    let pop =
-        unsafe { idle_servers::pop_raw(hs, list_bound(), |n| table.server_nodes.contains_key(&n)) };
+    let pop = unsafe { idle_servers::pop_raw(hs, list_bound(), registered_server) };
     match pop {
         Pop::Got(node) => match table.server_nodes.get(&node.addr()) {
             Some(s) => wake_server(me, s, table),
             None => Err(v(
-                ViolationKind::IdleServersCorrupt(idle_servers::Corruption::InvalidNode(
-                    node.addr(),
-                )),
+                ViolationKind::IdleServersCorrupt(Corruption::InvalidNode(node.addr())),
                 me,
                 0,
                 None,
             )),
         },
         Pop::Empty => Ok(()),
-        Pop::BoundExceeded => Err(v(ViolationKind::IdleServersBoundExceeded, me, 0, None)),
+        Pop::BoundExceeded => {
+            // A cycle of deleted nodes exhausts the bound too; only the report differs.
+            // SAFETY: as for the pop (same head, same validator, lock still held).
+            let cycle =
+                unsafe { idle_servers::find_cycle(hs, 4 * list_bound(), registered_server) };
+            let kind = match cycle {
+                Some(n) => ViolationKind::IdleServersCorrupt(Corruption::Cycle(n)),
+                None => ViolationKind::IdleServersBoundExceeded,
+            };
+            Err(v(kind, me, 0, None))
+        }
         Pop::Corrupt(c) => Err(v(ViolationKind::IdleServersCorrupt(c), me, 0, None)),
     }
 }

@@ -204,7 +204,7 @@ fn preempt(me: &KTask) -> Result<(), UmcgError> {
         }
     }
     // Sleep until a server runs it again; signals do not end this wait.
-    sleep_until_running(t, false);
+    sleep_until_running(me, false);
     Ok(())
 }
 

@@ -46,8 +46,11 @@ pub(crate) struct KTask {
     pub(crate) idle_fd: Option<IdleFd>,
     /// Worker: the CPU the emulator last pinned it to (`-1`: never).
     pub(crate) cpu: AtomicI32,
-    /// Worker: the head address of the idle-worker list it was last pushed on (0: never).
-    /// While `idle_workers_ptr` does not hold a head again, the worker is still queued.
+    /// Worker: the head address of the idle-worker list it was last pushed on, while it may
+    /// still be queued there (0: not queued). Set by a push; cleared when the worker leaves
+    /// the kernel RUNNING (a server took it off the list to run it). Only a worker that went
+    /// back to user space still queued (H5) keeps it: while its `idle_workers_ptr` does not
+    /// hold a head again, it is still on the list.
     pub(crate) queued_on: AtomicU64,
     /// Worker: `WAKE_ONLY` wake-ups aimed at it and not yet seen by its idle loop. Only
     /// these (not stale futex wakes) make a sleeping IDLE worker run the wake hook.
@@ -389,7 +392,11 @@ pub(crate) fn is_registered() -> bool {
 
 /// Register the calling thread's `k`. Fails with `EINVAL` if the TID is taken (a stale
 /// entry of a thread that exited without cleanup cannot exist: OWNER's destructor removes
-/// it).
+/// it), or if another thread has registered the same `struct umcg_task` (v0.3 did not check;
+/// two threads on one struct would share its state word, and its node could map to only one
+/// of them, so unregistering either would drop the other's node). A worker node's tombstone
+/// (TID 0, [`remove`]) is no registration: a task may be registered there again, and a
+/// worker's registration replaces it.
 pub(crate) fn register_current(k: KTask) -> Result<Arc<KTask>, Errno> {
     install_atfork();
     static GLOBAL_HASH: Once = Once::new();
@@ -397,11 +404,16 @@ pub(crate) fn register_current(k: KTask) -> Result<Arc<KTask>, Errno> {
     let k = Arc::new(k);
     {
         let mut t = write();
-        if t.by_tid.contains_key(&k.tid) {
+        let task = k.task();
+        if t.by_tid.contains_key(&k.tid)
+            || t.server_nodes.contains_key(&task.idle_servers_node())
+            || t.worker_nodes
+                .get(&task.idle_workers_node())
+                .is_some_and(|&tid| tid != 0)
+        {
             return Err(Errno::EINVAL);
         }
         t.by_tid.insert(k.tid, k.clone());
-        let task = k.task();
         if k.worker {
             t.worker_nodes.insert(task.idle_workers_node(), k.tid);
         } else {
@@ -458,4 +470,39 @@ pub(crate) fn lookup(tid: u32) -> Option<Arc<KTask>> {
 /// Number of registered tasks (diagnostics and tests).
 pub fn registered_tasks() -> usize {
     read().by_tid.len()
+}
+
+#[cfg(all(test, not(umcg_loom)))]
+mod tests {
+    use super::*;
+
+    /// A tombstone (a worker that left while queued) does not make its task's address
+    /// unusable: a worker registers there again (replacing it), and so does a server, while
+    /// a live registration of the same struct is refused.
+    #[test]
+    fn a_tombstone_does_not_block_a_new_registration() {
+        std::thread::spawn(|| {
+            let task: &'static UmcgTask = Box::leak(Box::new(UmcgTask::new_worker(0, 0)));
+            let node = task.idle_workers_node();
+            write().worker_nodes.insert(node, 0);
+            let tid = crate::sys::gettid();
+            let k = register_current(KTask::new(tid, task, true, None)).expect("over a tombstone");
+            assert_eq!(read().worker_nodes.get(&node), Some(&tid));
+            // The same struct, live, from another thread: refused.
+            let other = std::thread::spawn(move || {
+                register_current(KTask::new(crate::sys::gettid(), task, true, None)).err()
+            });
+            assert_eq!(other.join().unwrap(), Some(Errno::EINVAL));
+            drop(k);
+            unregister_current().unwrap();
+            assert_eq!(read().worker_nodes.get(&node), None);
+            // A server on a struct whose worker node is a tombstone.
+            write().worker_nodes.insert(node, 0);
+            register_current(KTask::new(tid, task, false, None)).expect("server over a tombstone");
+            unregister_current().unwrap();
+            write().worker_nodes.remove(&node);
+        })
+        .join()
+        .unwrap();
+    }
 }
