@@ -3,22 +3,13 @@
 //! `check::enable()`.
 #![cfg(not(umcg_loom))]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use umcg_runtime::{Runtime, check};
-
-fn watchdog() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        std::thread::spawn(|| {
-            std::thread::sleep(Duration::from_secs(240));
-            eprintln!("check_mode test watchdog: still running after 240 s; aborting");
-            std::process::abort();
-        });
-    });
-}
 
 /// A panic inside `blocking` unwinds through the wake hook: the worker is queued and run
 /// again before it runs any more code, so it never holds its server's CPU while BLOCKED
@@ -26,7 +17,7 @@ fn watchdog() {
 /// ping-ponging jobs; the checker sees no violation.
 #[test]
 fn panic_inside_blocking_runs_the_wake_hook() {
-    watchdog();
+    common::watchdog("check_mode test", Duration::from_secs(240));
     check::enable();
     std::panic::set_hook(Box::new(|_| {}));
     let rt = Runtime::builder()
@@ -76,7 +67,7 @@ fn panic_inside_blocking_runs_the_wake_hook() {
 /// thousands of kicks arrive right around the hook.
 #[test]
 fn kick_racing_the_block_hook_is_not_a_violation() {
-    watchdog();
+    common::watchdog("check_mode test", Duration::from_secs(240));
     check::enable();
     let rt = Runtime::builder()
         .servers(1)

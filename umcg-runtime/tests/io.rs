@@ -7,6 +7,8 @@
 //! whole process. No timing asserts: times are printed; waits are bounded by watchdogs.
 #![cfg(not(umcg_loom))]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::fd::AsFd;
@@ -22,23 +24,10 @@ use umcg_runtime::io::{self, PollFd, PollFlags, Yielding};
 use umcg_runtime::sys::signal::{self, Signal};
 use umcg_runtime::{Runtime, sys};
 
-/// A stuck wait (a lost wakeup, a wrapper that kept its server) fails the binary instead of
-/// hanging it.
-fn watchdog() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        thread::spawn(|| {
-            thread::sleep(Duration::from_secs(240));
-            eprintln!("io test watchdog: still running after 240 s; aborting");
-            std::process::abort();
-        });
-    });
-}
-
 /// One test at a time (fd counts are process-wide).
 fn serial() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
-    watchdog();
+    common::watchdog("io test", Duration::from_secs(240));
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -2,6 +2,8 @@
 //! preemption (the illumos lesson), policies, shutdown and drop.
 #![cfg(not(umcg_loom))]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -9,20 +11,8 @@ use std::time::{Duration, Instant};
 use umcg_runtime::policy::GlobalFifo;
 use umcg_runtime::{Runtime, Unparker};
 
-/// A stuck runtime (a lost wakeup) fails the binary instead of hanging it.
-fn watchdog() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        std::thread::spawn(|| {
-            std::thread::sleep(Duration::from_secs(240));
-            eprintln!("runtime test watchdog: still running after 240 s; aborting");
-            std::process::abort();
-        });
-    });
-}
-
 fn rt(servers: usize) -> Runtime {
-    watchdog();
+    common::watchdog("runtime test", Duration::from_secs(240));
     Runtime::builder()
         .servers(servers)
         .build()
@@ -92,7 +82,7 @@ fn spinner_does_not_starve_sleepers() {
         .time_slice(Some(Duration::from_millis(2)))
         .build()
         .unwrap();
-    watchdog();
+    common::watchdog("runtime test", Duration::from_secs(240));
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     let spinner = rt.spawn(move || {
@@ -220,7 +210,7 @@ fn global_fifo_policy_and_drop_without_shutdown() {
         .policy(GlobalFifo::new())
         .build()
         .unwrap();
-    watchdog();
+    common::watchdog("runtime test", Duration::from_secs(240));
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
     let hs: Vec<_> = (0..8)
         .map(|i| {
@@ -320,7 +310,7 @@ fn spinner_switched_in_directly_is_preempted() {
         .time_slice(Some(Duration::from_millis(2)))
         .build()
         .unwrap();
-    watchdog();
+    common::watchdog("runtime test", Duration::from_secs(240));
     let stop = Arc::new(AtomicBool::new(false));
     let (to_spinner, spinner_rx) = umcg_runtime::sync::channel::<()>();
     let (to_waker, waker_rx) = umcg_runtime::sync::channel::<()>();
@@ -380,7 +370,7 @@ fn handoff_slot_pair_cannot_starve_others() {
         .time_slice(None)
         .build()
         .unwrap();
-    watchdog();
+    common::watchdog("runtime test", Duration::from_secs(240));
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = Arc::new(AtomicU64::new(0));
     let (to_q, q_rx) = umcg_runtime::sync::channel::<bool>();
@@ -427,7 +417,7 @@ fn yielders_take_turns() {
         .time_slice(None)
         .build()
         .unwrap();
-    watchdog();
+    common::watchdog("runtime test", Duration::from_secs(240));
     let n = 4;
     let stop = Arc::new(AtomicBool::new(false));
     let counters: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());

@@ -3,23 +3,14 @@
 //! Timings are printed for the record, never asserted.
 #![cfg(not(umcg_loom))]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use umcg_runtime::Runtime;
 use umcg_runtime::sys::{futex_wait, futex_wake};
-
-fn watchdog() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        std::thread::spawn(|| {
-            std::thread::sleep(Duration::from_secs(300));
-            eprintln!("scale test watchdog: still running after 300 s; aborting");
-            std::process::abort();
-        });
-    });
-}
 
 /// All workers block on one futex gate (inside `blocking`), so all are alive at once; the
 /// gate opens; every worker must unblock, be drained from the kernel's list and finish.
@@ -59,7 +50,7 @@ fn gated_round(rt: &Runtime, n: usize) -> Duration {
 
 #[test]
 fn ten_thousand_workers_on_two_servers() {
-    watchdog();
+    common::watchdog("scale test", Duration::from_secs(300));
     let rt = Runtime::builder()
         .servers(2)
         .worker_stack_size(64 * 1024)
@@ -81,7 +72,7 @@ fn ten_thousand_workers_on_two_servers() {
 
 #[test]
 fn burst_of_a_thousand_unblocks() {
-    watchdog();
+    common::watchdog("scale test", Duration::from_secs(300));
     let rt = Runtime::builder()
         .servers(2)
         .worker_stack_size(64 * 1024)

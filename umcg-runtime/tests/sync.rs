@@ -3,6 +3,8 @@
 //! wakeup hangs a test, and the watchdog turns the hang into a failure.
 #![cfg(not(umcg_loom))]
 
+mod common;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -13,20 +15,8 @@ use umcg_runtime::sync::{
     Condvar, Mutex, RecvError, RecvTimeoutError, SendError, TryRecvError, channel,
 };
 
-/// A stuck runtime (a lost wakeup) fails the binary instead of hanging it.
-fn watchdog() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        std::thread::spawn(|| {
-            std::thread::sleep(Duration::from_secs(240));
-            eprintln!("sync test watchdog: still running after 240 s; aborting");
-            std::process::abort();
-        });
-    });
-}
-
 fn rt(servers: usize) -> Runtime {
-    watchdog();
+    common::watchdog("sync test", Duration::from_secs(240));
     Runtime::builder()
         .servers(servers)
         .build()
@@ -104,7 +94,7 @@ fn mutex_counter_two_servers() {
 /// the slow paths, which must defer the kick).
 #[test]
 fn mutex_counter_with_preemption() {
-    watchdog();
+    common::watchdog("sync test", Duration::from_secs(240));
     let rt = Runtime::builder()
         .servers(2)
         .time_slice(Some(Duration::from_micros(200)))
@@ -133,7 +123,7 @@ fn mutex_counter_with_preemption() {
 /// again); the handoff after one lost race gives it the lock within two hog unlocks.
 #[test]
 fn mutex_waiter_is_not_starved_by_a_barging_hog() {
-    watchdog();
+    common::watchdog("sync test", Duration::from_secs(240));
     let rt = Runtime::builder()
         .servers(1)
         .time_slice(None)

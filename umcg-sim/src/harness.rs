@@ -173,17 +173,23 @@ impl RunResult {
 
     /// p50 of the events started on their worker's CPU, and of the others, µs (0 if none).
     pub fn p50_same_cross_us(&self) -> (f64, f64) {
-        let mut cross = self.latency.clone();
-        let _ = cross.subtract(&self.latency_same_cpu);
-        let q = |h: &Histogram<u64>| {
-            if h.is_empty() {
-                0.0
-            } else {
-                h.value_at_quantile(0.5) as f64 / 1000.0
-            }
-        };
-        (q(&self.latency_same_cpu), q(&cross))
+        p50_same_cross_us(&self.latency, &self.latency_same_cpu)
     }
+}
+
+/// p50 (µs, 0 if none) of `same` (the events started on their worker's CPU, a subset of
+/// `all`, both in ns) and of the rest of `all`.
+pub fn p50_same_cross_us(all: &Histogram<u64>, same: &Histogram<u64>) -> (f64, f64) {
+    let mut cross = all.clone();
+    let _ = cross.subtract(same);
+    let q = |h: &Histogram<u64>| {
+        if h.is_empty() {
+            0.0
+        } else {
+            h.value_at_quantile(0.5) as f64 / 1000.0
+        }
+    };
+    (q(same), q(&cross))
 }
 
 /// A fresh latency histogram: 1 ns … 10 s, 3 significant digits.

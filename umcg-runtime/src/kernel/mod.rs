@@ -663,19 +663,10 @@ fn sleep(me: &KTask, seen: StateWord, deadline: Option<Deadline>) -> Result<Fute
     if fd.is_broken() {
         return Ok(sys::futex_wait(&me.task().state, seen.bits(), deadline));
     }
-    let timeout = match deadline {
+    let timeout = match deadline.map(Deadline::remaining) {
         None => None,
-        Some(d) => {
-            let (Deadline::Realtime(ns) | Deadline::Monotonic(ns)) = d;
-            let now = match d {
-                Deadline::Realtime(_) => sys::futex::realtime_now_ns(),
-                Deadline::Monotonic(_) => sys::futex::monotonic_now_ns(),
-            };
-            if ns <= now {
-                return Ok(FutexWait::TimedOut);
-            }
-            Some(core::time::Duration::from_nanos(ns - now))
-        }
+        Some(None) => return Ok(FutexWait::TimedOut),
+        Some(left) => left,
     };
     if me.task().load_state() != seen {
         return Ok(FutexWait::ValueChanged);

@@ -96,6 +96,15 @@ impl Deadline {
         Deadline::Monotonic(monotonic_now_ns().saturating_add(add))
     }
 
+    /// The time left until this deadline on its clock; `None` once it has passed.
+    pub fn remaining(self) -> Option<Duration> {
+        let (ns, now) = match self {
+            Deadline::Realtime(ns) => (ns, realtime_now_ns()),
+            Deadline::Monotonic(ns) => (ns, monotonic_now_ns()),
+        };
+        (ns > now).then(|| Duration::from_nanos(ns - now))
+    }
+
     /// The absolute `timespec` this deadline names on its clock.
     #[cfg_attr(umcg_loom, allow(dead_code))]
     pub(crate) fn timespec(self) -> libc::timespec {

@@ -22,11 +22,21 @@ pub const WATCHDOG: Duration = Duration::from_secs(20);
 /// failure instead of a hang).
 pub fn init() {
     kernel::set_violation_policy(OnViolation::ReturnError);
-    static WATCHDOG_THREAD: std::sync::Once = std::sync::Once::new();
-    WATCHDOG_THREAD.call_once(|| {
-        std::thread::spawn(|| {
-            std::thread::sleep(Duration::from_secs(240));
-            eprintln!("test watchdog: this test binary ran for 240 s; a thread is stuck (see the panics above); aborting");
+    watchdog("test", Duration::from_secs(240));
+}
+
+/// Start, once per test binary, a thread that aborts the binary after `limit`: a stuck
+/// runtime or scheduler (a lost wakeup, or a thread that panicked and left its peers
+/// waiting in `umcg_wait`) fails the run instead of hanging it.
+pub fn watchdog(binary: &'static str, limit: Duration) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::thread::spawn(move || {
+            std::thread::sleep(limit);
+            eprintln!(
+                "{binary} watchdog: this test binary ran for {} s; a thread is stuck (see the panics above); aborting",
+                limit.as_secs()
+            );
             std::process::abort();
         });
     });

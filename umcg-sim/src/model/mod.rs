@@ -107,16 +107,7 @@ impl Prediction {
     /// p50 of the events started on their worker's CPU, and of the others, µs (0 if none);
     /// as [`crate::harness::RunResult::p50_same_cross_us`].
     pub fn p50_same_cross_us(&self) -> (f64, f64) {
-        let mut cross = self.latency.clone();
-        let _ = cross.subtract(&self.latency_same_cpu);
-        let q = |h: &Histogram<u64>| {
-            if h.is_empty() {
-                0.0
-            } else {
-                h.value_at_quantile(0.5) as f64 / 1000.0
-            }
-        };
-        (q(&self.latency_same_cpu), q(&cross))
+        crate::harness::p50_same_cross_us(&self.latency, &self.latency_same_cpu)
     }
 
     /// CPU demand over capacity: `load × (compute + CPU per event) / compute`. At 1 or more
