@@ -137,9 +137,34 @@ pub struct RunResult {
     pub same_cpu: u64,
     /// Latency of those events, ns.
     pub latency_same_cpu: Histogram<u64>,
+    /// Each unblock's lag behind its scheduled arrival, ns: the timer's wakeup of the
+    /// worker, plus any wait for a CPU, plus waiting for its previous event (`late`). Not
+    /// in the latency, which starts at the worker's timestamp.
+    pub lag: Histogram<u64>,
+    /// Latency of the clean handoffs: events pushed on an empty run queue and started by a
+    /// server straight out of its wakeup (`adopt`: claimed at once), so one handoff and no
+    /// queueing; what [`crate::baseline::handoffs`] calibrates the model with.
+    pub handoff: Histogram<u64>,
+    /// Those of them started on their worker's CPU.
+    pub handoff_same_cpu: Histogram<u64>,
 }
 
 impl RunResult {
+    /// Lag quantile, µs ([`RunResult::lag`]).
+    pub fn lag_us(&self, q: f64) -> f64 {
+        self.lag.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// Whether the workers kept the open-loop schedule: 99 % of unblocks within ten compute
+    /// times of their scheduled arrival (a run that keeps it lags by the timer's wakeup of a
+    /// halted CPU plus at most a compute or two waiting for a CPU). When not, arrivals
+    /// queued invisibly (for a CPU, or behind a worker's previous event) before their
+    /// timestamps, the arrival process fell behind, and the latencies are not those of the
+    /// offered load.
+    pub fn kept_schedule(&self) -> bool {
+        self.lag.value_at_quantile(0.99) <= self.config.compute_ns.saturating_mul(10)
+    }
+
     /// Events served per second.
     pub fn achieved_per_s(&self) -> f64 {
         self.events as f64 / (self.wall_ns.max(1) as f64 * 1e-9)
@@ -203,6 +228,12 @@ pub fn new_histogram() -> Histogram<u64> {
 struct Lat {
     all: Histogram<u64>,
     same: Histogram<u64>,
+    /// Unblock timestamp − scheduled arrival (the workers' lag).
+    lag: Histogram<u64>,
+    /// Latency of the clean handoffs ([`RunResult::handoff`]), and of those among them
+    /// started on their worker's CPU.
+    clean: Histogram<u64>,
+    clean_same: Histogram<u64>,
 }
 
 impl Lat {
@@ -210,12 +241,18 @@ impl Lat {
         Lat {
             all: new_histogram(),
             same: new_histogram(),
+            lag: new_histogram(),
+            clean: new_histogram(),
+            clean_same: new_histogram(),
         }
     }
 
     fn add(&mut self, o: &Lat) {
         let _ = self.all.add(&o.all);
         let _ = self.same.add(&o.same);
+        let _ = self.lag.add(&o.lag);
+        let _ = self.clean.add(&o.clean);
+        let _ = self.clean_same.add(&o.clean_same);
     }
 }
 
@@ -226,6 +263,8 @@ struct Event {
     worker: u32,
     /// The CPU the worker unblocked on.
     cpu: u32,
+    /// The run queue was empty when this event was pushed (set by `Shared::push`).
+    alone: bool,
 }
 
 #[derive(Debug, Default)]
@@ -267,8 +306,9 @@ impl Work for Shared<'_> {
 }
 
 impl Shared<'_> {
-    fn push(&self, ev: Event) {
+    fn push(&self, mut ev: Event) {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        ev.alone = q.is_empty();
         q.push_back(ev);
         self.qlen.0.store(q.len(), Ordering::Release);
     }
@@ -283,13 +323,21 @@ impl Shared<'_> {
         ev
     }
 
-    /// Run the worker of `ev`: timestamp, compute, mark it served.
-    fn run(&self, ev: Event, h: &mut Lat) {
+    /// Run the worker of `ev`: timestamp, compute, mark it served. `clean`: this start is
+    /// one handoff and nothing else ([`RunResult::handoff`]).
+    fn run(&self, ev: Event, h: &mut Lat, clean: bool) {
         let start = now_ns();
         let lat = start.saturating_sub(ev.ts).max(1);
         h.all.saturating_record(lat);
-        if sys::current_cpu() == ev.cpu as usize {
+        let same = sys::current_cpu() == ev.cpu as usize;
+        if same {
             h.same.saturating_record(lat);
+        }
+        if clean {
+            h.clean.saturating_record(lat);
+            if same {
+                h.clean_same.saturating_record(lat);
+            }
         }
         burn_cpu(self.compute_ns);
         self.served.fetch_add(1, Ordering::Relaxed);
@@ -315,7 +363,7 @@ impl Shared<'_> {
     fn serve_then_release(&self, mut tok: usize, h: &mut Lat, moved: &mut bool) {
         loop {
             while let Some(ev) = self.pop() {
-                self.run(ev, h);
+                self.run(ev, h, false);
             }
             self.mech.release(tok);
             if !self.pending() {
@@ -359,7 +407,8 @@ impl Shared<'_> {
         if let Some(tok) = self.mech.claim() {
             self.wakes[5].fetch_add(1, Ordering::Relaxed);
             self.move_to(tok, &mut moved);
-            self.run(ev, h);
+            // Claimed at once: `adopt`'s whole handoff.
+            self.run(ev, h, true);
             self.serve_then_release(tok, h, &mut moved);
             return;
         }
@@ -382,8 +431,11 @@ impl Shared<'_> {
         let mut just_woke = false;
         loop {
             if let Some(ev) = self.pop() {
+                // Clean: pushed on an empty queue, started by a server straight out of a
+                // wakeup (not after a compute, not behind another event).
+                let clean = just_woke && ev.alone;
                 just_woke = false;
-                self.run(ev, &mut h);
+                self.run(ev, &mut h, clean);
                 continue;
             }
             if just_woke {
@@ -443,12 +495,14 @@ impl Shared<'_> {
                 }
             }
             let ts = now_ns();
+            h.lag.saturating_record(ts.saturating_sub(deadline).max(1));
             b.store(BUSY, Ordering::Release);
             self.unblock(
                 Event {
                     ts,
                     worker: k as u32,
                     cpu: sys::current_cpu() as u32,
+                    alone: false,
                 },
                 &mut h,
             );
@@ -641,6 +695,9 @@ pub fn run(m: Mechanism, cfg: &Config) -> Result<RunResult, RunError> {
         mean_block_ns: cfg.workers as f64 * 1e9 / cfg.rate_per_s(),
         same_cpu: latency.same.len(),
         latency_same_cpu: latency.same,
+        lag: latency.lag,
+        handoff: latency.clean,
+        handoff_same_cpu: latency.clean_same,
     })
 }
 

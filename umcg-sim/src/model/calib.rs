@@ -7,7 +7,10 @@
 //! (percent).
 //!
 //! Format: one `key = value` per line; `#` starts a comment; blank lines are ignored; values
-//! are non-negative decimal numbers. Unknown keys are an error (a typo would otherwise
+//! are non-negative decimal numbers. A distribution key ([`Calibration::DISTS`]: the
+//! mechanisms' handoffs) holds seven values instead, the latency at the quantiles of
+//! [`QUANTILES`] (p1 p10 p25 p50 p75 p90 p99), non-decreasing; the model samples it by inverse
+//! CDF, linear between those points. Unknown keys are an error (a typo would otherwise
 //! silently fall back), and so is a missing key.
 //!
 //! Interpolation: `*_call_K` keys (K = 2, 8, 32 sleepers) are interpolated linearly in K and
@@ -17,33 +20,58 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::baseline::{Baseline, WORKLOAD_LOADS};
+use crate::baseline::{Baseline, QUANTILES, WORKLOAD_LOADS};
 
 /// The K at which the one-of-K figures are measured.
 pub const KS: [usize; 3] = [2, 8, 32];
 
+/// The index of the median in [`QUANTILES`].
+const MEDIAN: usize = 3;
+const _: () = assert!(QUANTILES[MEDIAN] == 0.5);
+
 /// Costs. See [`Calibration::KEYS`] for what each means.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Calibration {
-    values: BTreeMap<&'static str, f64>,
+    /// One value per scalar key, one per [`QUANTILES`] per distribution key.
+    values: BTreeMap<&'static str, Vec<f64>>,
 }
 
 /// The baseline each key is read from and which of its figures (`p50` or `cpu`).
-const SOURCES: [(&str, &str, Fig); 30] = [
-    ("futex_same_lat", "wake1of1_futex_same", Fig::P50),
+const SOURCES: [(&str, &str, Fig); 34] = [
+    ("handoff_list_same", "handoff_list_same", Fig::Dist),
+    ("handoff_list_cross", "handoff_list_cross", Fig::Dist),
+    (
+        "handoff_epoll-excl_same",
+        "handoff_epoll-excl_same",
+        Fig::Dist,
+    ),
+    (
+        "handoff_epoll-excl_cross",
+        "handoff_epoll-excl_cross",
+        Fig::Dist,
+    ),
+    (
+        "handoff_eventfd-per-server_same",
+        "handoff_eventfd-per-server_same",
+        Fig::Dist,
+    ),
+    (
+        "handoff_eventfd-per-server_cross",
+        "handoff_eventfd-per-server_cross",
+        Fig::Dist,
+    ),
+    ("handoff_slot_same", "handoff_slot_same", Fig::Dist),
+    ("handoff_slot_cross", "handoff_slot_cross", Fig::Dist),
     ("futex_same_call", "wake1of1_futex_same_wakercall", Fig::P50),
     ("futex_same_wakee", "wake1of1_futex_same", Fig::Cpu),
-    ("futex_cross_lat", "wake1of1_futex_cross", Fig::P50),
     (
         "futex_cross_call",
         "wake1of1_futex_cross_wakercall",
         Fig::P50,
     ),
     ("futex_cross_wakee", "wake1of1_futex_cross", Fig::Cpu),
-    ("epoll_same_lat", "wake1of1_epoll_same", Fig::P50),
     ("epoll_same_call", "wake1of1_epoll_same_wakercall", Fig::P50),
     ("epoll_same_wakee", "wake1of1_epoll_same", Fig::Cpu),
-    ("epoll_cross_lat", "wake1of1_epoll_cross", Fig::P50),
     (
         "epoll_cross_call",
         "wake1of1_epoll_cross_wakercall",
@@ -63,7 +91,7 @@ const SOURCES: [(&str, &str, Fig); 30] = [
     ("fd_write_nowaiter", "eventfd_write_nowaiter", Fig::P50),
     ("fd_stale", "epoll_stale_wakeup", Fig::P50),
     ("claim_release", "list_claim_release", Fig::P50),
-    ("adopt_path", "adopt_claim_path", Fig::P50),
+    ("adopt_path", "handoff_adopt_same", Fig::Dist),
     ("migrate_lat", "migrate", Fig::P50),
     ("migrate_cpu", "migrate", Fig::Cpu),
     ("stay_on_busy_pct", "stay_on_busy_pct", Fig::P50),
@@ -78,47 +106,71 @@ const SOURCES: [(&str, &str, Fig); 30] = [
 enum Fig {
     P50,
     Cpu,
+    /// The latency at [`QUANTILES`].
+    Dist,
 }
 
 impl Calibration {
     /// Every key with its meaning (the baseline it is measured by, [`crate::baseline`]).
-    pub const KEYS: [(&'static str, &'static str); 30] = [
+    pub const KEYS: [(&'static str, &'static str); 34] = [
         (
-            "futex_same_lat",
-            "a thread just woken from a timed sleep (an unblocking worker) wakes a thread in \
-             FUTEX_WAIT on its own CPU: latency from its timestamp to the wakee running",
+            "handoff_list_same",
+            "list: an unblocking worker wakes an idle server on its own CPU: latency from its \
+             timestamp to the server starting it, in the harness at 5 % load (the workload's \
+             own conditions; baseline::handoffs)",
         ),
-        ("futex_same_call", "same: the waker's FUTEX_WAKE call"),
+        (
+            "handoff_list_cross",
+            "same, the server on another, idle (halted) CPU",
+        ),
+        (
+            "handoff_epoll-excl_same",
+            "as handoff_list_same, through epoll-excl",
+        ),
+        (
+            "handoff_epoll-excl_cross",
+            "as handoff_list_cross, through epoll-excl",
+        ),
+        (
+            "handoff_eventfd-per-server_same",
+            "as handoff_list_same, through eventfd-per-server",
+        ),
+        (
+            "handoff_eventfd-per-server_cross",
+            "as handoff_list_cross, through eventfd-per-server",
+        ),
+        ("handoff_slot_same", "as handoff_list_same, through slot"),
+        ("handoff_slot_cross", "as handoff_list_cross, through slot"),
+        (
+            "futex_same_call",
+            "a thread just woken from a timed sleep (an unblocking worker) wakes a thread in \
+             FUTEX_WAIT on its own CPU: the waker's FUTEX_WAKE call",
+        ),
         (
             "futex_same_wakee",
             "same: the woken thread's CPU per wakeup, until it sleeps again",
         ),
         (
-            "futex_cross_lat",
-            "the same wakeup of a thread on another, idle (halted) CPU: latency",
-        ),
-        (
             "futex_cross_call",
-            "same: the waker's FUTEX_WAKE call (it sends the wakeup IPI)",
+            "the same wakeup of a thread on another, idle (halted) CPU: the waker's call (it \
+             sends the wakeup IPI)",
         ),
         (
             "futex_cross_wakee",
             "same: the woken thread's CPU per wakeup (woken on a halted CPU)",
         ),
         (
-            "epoll_same_lat",
-            "as futex_same_lat, the wakee in epoll_wait on its own eventfd, woken by a write",
+            "epoll_same_call",
+            "as futex_same_call, the wakee in epoll_wait on its own eventfd: the eventfd write",
         ),
-        ("epoll_same_call", "same: the waker's eventfd write"),
         (
             "epoll_same_wakee",
             "same: the woken thread's CPU per wakeup",
         ),
         (
-            "epoll_cross_lat",
-            "as futex_cross_lat, through epoll + eventfd",
+            "epoll_cross_call",
+            "as futex_cross_call through epoll + eventfd: the eventfd write",
         ),
-        ("epoll_cross_call", "same: the waker's eventfd write"),
         (
             "epoll_cross_wakee",
             "same: the woken thread's CPU per wakeup",
@@ -149,8 +201,8 @@ impl Calibration {
         ),
         (
             "adopt_path",
-            "adopt: the harness's path from a worker's timestamp after its timed sleep \
-             through the claim of its own CPU's idle server to its start timestamp",
+            "adopt: an unblocking worker claims its own CPU's idle server and starts at once: \
+             latency from its timestamp to its start, in the harness at 5 % load",
         ),
         (
             "migrate_lat",
@@ -176,9 +228,51 @@ impl Calibration {
         ("workload_cpu_90", "same, 90 % load"),
     ];
 
-    /// The value of `key`; 0 for a key that is not in [`Calibration::KEYS`].
+    /// The keys whose value is a distribution ([`QUANTILES`]).
+    pub const DISTS: [&'static str; 9] = [
+        "handoff_list_same",
+        "handoff_list_cross",
+        "handoff_epoll-excl_same",
+        "handoff_epoll-excl_cross",
+        "handoff_eventfd-per-server_same",
+        "handoff_eventfd-per-server_cross",
+        "handoff_slot_same",
+        "handoff_slot_cross",
+        "adopt_path",
+    ];
+
+    /// The value of `key` (the median of a distribution key); 0 for a key that is not in
+    /// [`Calibration::KEYS`].
     pub fn get(&self, key: &str) -> f64 {
-        self.values.get(key).copied().unwrap_or(0.0)
+        match self.values.get(key).map(Vec::as_slice) {
+            Some([v]) => *v,
+            Some(q) if q.len() == QUANTILES.len() => q[MEDIAN],
+            _ => 0.0,
+        }
+    }
+
+    /// The distribution of `key` at [`QUANTILES`] (a scalar key: its value at each).
+    pub fn quantiles(&self, key: &str) -> [f64; QUANTILES.len()] {
+        match self.values.get(key).map(Vec::as_slice) {
+            Some(q) if q.len() == QUANTILES.len() => std::array::from_fn(|i| q[i]),
+            _ => [self.get(key); QUANTILES.len()],
+        }
+    }
+
+    /// A draw from the distribution `q` (latencies at [`QUANTILES`]) for a uniform `u` in
+    /// (0, 1]: the inverse CDF, linear between the quantiles, held at p1 and p99 outside.
+    pub fn sample(q: &[f64; QUANTILES.len()], u: f64) -> f64 {
+        let last = QUANTILES.len() - 1;
+        if u <= QUANTILES[0] {
+            return q[0];
+        }
+        for i in 1..=last {
+            if u <= QUANTILES[i] {
+                let (u0, u1) = (QUANTILES[i - 1], QUANTILES[i]);
+                return q[i - 1] + (q[i] - q[i - 1]) * (u - u0) / (u1 - u0);
+            }
+        }
+        q[last]
     }
 
     /// `prefix_K` interpolated at `k` (see the module doc).
@@ -220,17 +314,67 @@ impl Calibration {
     /// guest, 2 vCPUs, guest haltpoll with `guest_halt_poll_ns=0`, kernel 6.18), quiet. For
     /// model runs without a calibration file (the CLI says when it uses it) and for tests.
     pub fn reference() -> Calibration {
+        let dists: [(&'static str, [f64; QUANTILES.len()]); 9] = [
+            (
+                "handoff_list_same",
+                [
+                    2_000.0, 2_200.0, 2_400.0, 2_900.0, 4_500.0, 9_000.0, 60_000.0,
+                ],
+            ),
+            (
+                "handoff_list_cross",
+                [
+                    21_000.0, 23_000.0, 24_500.0, 26_500.0, 31_000.0, 40_000.0, 90_000.0,
+                ],
+            ),
+            (
+                "handoff_epoll-excl_same",
+                [
+                    2_700.0, 3_000.0, 3_200.0, 3_700.0, 4_600.0, 10_000.0, 60_000.0,
+                ],
+            ),
+            (
+                "handoff_epoll-excl_cross",
+                [
+                    22_000.0, 24_000.0, 25_500.0, 27_500.0, 33_000.0, 41_000.0, 90_000.0,
+                ],
+            ),
+            (
+                "handoff_eventfd-per-server_same",
+                [
+                    2_600.0, 2_900.0, 3_100.0, 3_500.0, 4_500.0, 10_000.0, 60_000.0,
+                ],
+            ),
+            (
+                "handoff_eventfd-per-server_cross",
+                [
+                    22_000.0, 24_000.0, 25_500.0, 27_000.0, 33_000.0, 41_000.0, 90_000.0,
+                ],
+            ),
+            (
+                "handoff_slot_same",
+                [
+                    2_000.0, 2_200.0, 2_400.0, 2_900.0, 4_500.0, 9_000.0, 60_000.0,
+                ],
+            ),
+            (
+                "handoff_slot_cross",
+                [
+                    21_000.0, 23_000.0, 25_000.0, 27_500.0, 33_000.0, 45_000.0, 90_000.0,
+                ],
+            ),
+            (
+                "adopt_path",
+                [110.0, 130.0, 150.0, 200.0, 260.0, 500.0, 20_000.0],
+            ),
+        ];
         let pairs = [
-            ("futex_same_lat", 2_400.0),
             ("futex_same_call", 1_700.0),
             ("futex_same_wakee", 1_600.0),
-            ("futex_cross_lat", 31_000.0),
             ("futex_cross_call", 12_000.0),
             ("futex_cross_wakee", 10_000.0),
-            ("epoll_same_lat", 3_300.0),
             ("epoll_same_call", 2_000.0),
             ("epoll_same_wakee", 2_400.0),
-            ("epoll_cross_lat", 32_000.0),
             ("epoll_cross_call", 12_200.0),
             ("epoll_cross_wakee", 11_000.0),
             ("excl_call_2", 12_200.0),
@@ -242,7 +386,6 @@ impl Calibration {
             ("fd_write_nowaiter", 150.0),
             ("fd_stale", 600.0),
             ("claim_release", 50.0),
-            ("adopt_path", 160.0),
             ("migrate_lat", 30_000.0),
             ("migrate_cpu", 20_000.0),
             ("stay_on_busy_pct", 25.0),
@@ -252,9 +395,10 @@ impl Calibration {
             ("workload_cpu_70", 9_000.0),
             ("workload_cpu_90", 8_500.0),
         ];
-        Calibration {
-            values: pairs.into_iter().collect(),
-        }
+        let mut values: BTreeMap<&'static str, Vec<f64>> =
+            pairs.into_iter().map(|(k, v)| (k, vec![v])).collect();
+        values.extend(dists.into_iter().map(|(k, q)| (k, q.to_vec())));
+        Calibration { values }
     }
 
     /// From baselines measured in one run ([`crate::baseline::run_all`]); the error names the
@@ -267,13 +411,17 @@ impl Calibration {
                     "baseline `{name}` for calibration key `{key}` is missing"
                 ));
             };
-            values.insert(
-                key,
-                match fig {
-                    Fig::P50 => x.p50_ns,
-                    Fig::Cpu => x.cpu_ns,
-                },
-            );
+            let v = match fig {
+                Fig::P50 => vec![x.p50_ns],
+                Fig::Cpu => vec![x.cpu_ns],
+                Fig::Dist if x.quantiles_ns.len() == QUANTILES.len() => x.quantiles_ns.clone(),
+                Fig::Dist => {
+                    return Err(format!(
+                        "baseline `{name}` for calibration key `{key}` has no distribution"
+                    ));
+                }
+            };
+            values.insert(key, v);
         }
         Ok(Calibration { values })
     }
@@ -285,8 +433,17 @@ impl Calibration {
             let _ = writeln!(s, "# {l}");
         }
         let _ = writeln!(s, "# values in ns, except stay_on_busy_pct (percent)");
+        let _ = writeln!(
+            s,
+            "# handoff_* and adopt_path: latency at the quantiles p1 p10 p25 p50 p75 p90 p99"
+        );
         for (key, what) in Self::KEYS {
-            let _ = writeln!(s, "{key} = {:.0}  # {what}", self.get(key));
+            let v: Vec<String> = self
+                .values
+                .get(key)
+                .map(|v| v.iter().map(|x| format!("{x:.0}")).collect())
+                .unwrap_or_else(|| vec!["0".into()]);
+            let _ = writeln!(s, "{key} = {}  # {what}", v.join(" "));
         }
         s
     }
@@ -309,15 +466,42 @@ impl Calibration {
             let Some(&(key, _)) = Self::KEYS.iter().find(|(key, _)| *key == k) else {
                 return Err(format!("line {}: unknown key `{k}`", n + 1));
             };
-            let val: f64 = v
-                .parse()
-                .ok()
-                .filter(|x: &f64| x.is_finite() && *x >= 0.0)
-                .ok_or_else(|| format!("line {}: `{v}` is not a non-negative number", n + 1))?;
-            if key == "stay_on_busy_pct" && val > 100.0 {
+            let mut vals = Vec::new();
+            for x in v.split_whitespace() {
+                let val: f64 = x
+                    .parse()
+                    .ok()
+                    .filter(|x: &f64| x.is_finite() && *x >= 0.0)
+                    .ok_or_else(|| format!("line {}: `{x}` is not a non-negative number", n + 1))?;
+                vals.push(val);
+            }
+            let want = if Self::DISTS.contains(&key) {
+                QUANTILES.len()
+            } else {
+                1
+            };
+            if vals.len() != want {
+                return Err(format!(
+                    "line {}: `{k}` takes {want} value(s) ({}), got {}",
+                    n + 1,
+                    if want == 1 {
+                        "a number"
+                    } else {
+                        "the latency at p1 p10 p25 p50 p75 p90 p99"
+                    },
+                    vals.len()
+                ));
+            }
+            if vals.windows(2).any(|w| w[1] < w[0]) {
+                return Err(format!(
+                    "line {}: `{k}`: quantiles must not decrease",
+                    n + 1
+                ));
+            }
+            if key == "stay_on_busy_pct" && vals[0] > 100.0 {
                 return Err(format!("line {}: `{v}` is not a percentage", n + 1));
             }
-            values.insert(key, val);
+            values.insert(key, vals);
         }
         if let Some((key, _)) = Self::KEYS.iter().find(|(k, _)| !values.contains_key(k)) {
             return Err(format!("missing key `{key}` (re-run `umcg-sim calibrate`)"));
@@ -362,20 +546,62 @@ mod tests {
     #[test]
     fn from_baselines_names_the_missing_one() {
         let e = Calibration::from_baselines(&[]).unwrap_err();
-        assert!(e.contains("wake1of1_futex_same"), "{e}");
+        assert!(e.contains("handoff_list_same"), "{e}");
+        // A distribution key needs the baseline's quantiles.
+        let scalar = Baseline {
+            name: "handoff_list_same".into(),
+            placement: String::new(),
+            p50_ns: 1.0,
+            p99_ns: 1.0,
+            cpu_ns: 0.0,
+            quantiles_ns: Vec::new(),
+        };
+        let e = Calibration::from_baselines(&[scalar]).unwrap_err();
+        assert!(e.contains("no distribution"), "{e}");
+    }
+
+    #[test]
+    fn distributions_round_trip_and_sample() {
+        let c = Calibration::reference();
+        let q = c.quantiles("handoff_list_cross");
+        assert_eq!(c.get("handoff_list_cross"), q[MEDIAN]);
+        // A scalar key reads as a constant distribution.
+        assert_eq!(c.quantiles("claim_release"), [50.0; QUANTILES.len()]);
+        // The inverse CDF hits every stored quantile, interpolates between, clamps outside.
+        for (i, &u) in QUANTILES.iter().enumerate() {
+            assert!((Calibration::sample(&q, u) - q[i]).abs() < 1e-9, "{u}");
+        }
+        let mid = Calibration::sample(&q, 0.375);
+        assert!((mid - (q[2] + q[3]) / 2.0).abs() < 1e-6, "{mid}");
+        assert_eq!(Calibration::sample(&q, 1e-9), q[0]);
+        assert_eq!(Calibration::sample(&q, 1.0), q[QUANTILES.len() - 1]);
+        // Sampling reproduces the median.
+        let mut rng = crate::harness::SplitMix::new(5);
+        let mut v: Vec<f64> = (0..20_001)
+            .map(|_| Calibration::sample(&q, rng.unit()))
+            .collect();
+        v.sort_by(f64::total_cmp);
+        let med = v[10_000];
+        assert!((med - q[MEDIAN]).abs() / q[MEDIAN] < 0.03, "{med}");
     }
 
     #[test]
     fn parse_errors_name_the_line() {
-        let e = Calibration::parse("futex_same_lat 5").unwrap_err();
+        let e = Calibration::parse("futex_same_call 5").unwrap_err();
         assert!(e.contains("line 1") && e.contains("key = value"), "{e}");
         let e = Calibration::parse("# c\nbogus = 1").unwrap_err();
         assert!(e.contains("line 2") && e.contains("unknown key"), "{e}");
-        let e = Calibration::parse("futex_same_lat = -3").unwrap_err();
+        let e = Calibration::parse("futex_same_call = -3").unwrap_err();
         assert!(e.contains("non-negative"), "{e}");
         let e = Calibration::parse("stay_on_busy_pct = 300").unwrap_err();
         assert!(e.contains("percentage"), "{e}");
-        let e = Calibration::parse("futex_same_lat = 100").unwrap_err();
+        let e = Calibration::parse("futex_same_call = 100").unwrap_err();
         assert!(e.contains("missing key"), "{e}");
+        let e = Calibration::parse("handoff_list_same = 100").unwrap_err();
+        assert!(e.contains("takes 7 value(s)") && e.contains("p99"), "{e}");
+        let e = Calibration::parse("handoff_list_same = 7 6 5 4 3 2 1").unwrap_err();
+        assert!(e.contains("must not decrease"), "{e}");
+        let e = Calibration::parse("claim_release = 1 2").unwrap_err();
+        assert!(e.contains("takes 1 value(s)"), "{e}");
     }
 }
