@@ -772,16 +772,9 @@ fn run_all_pinned(iters: usize, w: &WorkloadSpec, mut progress: impl FnMut(&str)
 /// are ≈ 1.4× slower than at 30–50 %: longer-halted vCPUs, colder caches).
 pub const HANDOFF_LOAD: f64 = 0.2;
 
-/// The mechanisms whose handoffs [`handoffs`] measures. `herd` is not among them: its first
-/// woken server is `epoll-excl`'s one sleeper, the rest of the herd is what the model
-/// simulates.
-pub const HANDOFF_MECHANISMS: [crate::Mechanism; 5] = [
-    crate::Mechanism::List,
-    crate::Mechanism::EpollExclusive,
-    crate::Mechanism::EventFdPerServer,
-    crate::Mechanism::Slot,
-    crate::Mechanism::Adopt,
-];
+/// The mechanisms whose handoffs [`handoffs`] measures: all of them (`herd`: the first of
+/// the herd to start; `adopt`: the claim of the worker's own CPU's server).
+pub const HANDOFF_MECHANISMS: [crate::Mechanism; 6] = crate::Mechanism::ALL;
 
 /// The baseline name of `m`'s handoff to a server on the unblocking worker's CPU (`place` =
 /// `"same"`) or on another (`"cross"`).

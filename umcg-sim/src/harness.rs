@@ -130,6 +130,10 @@ pub struct RunResult {
     pub late: u64,
     /// Times the drain phase had to re-wake servers (a lost wakeup: must be 0).
     pub rescues: u64,
+    /// Windows of [`STALL_WINDOW`] during which work stayed queued while a CPU computed less
+    /// than a tenth of the window (a server asleep though work waits, i.e. a wakeup lost
+    /// for a while; must be 0). Checked by sampling every [`STALL_SAMPLE`].
+    pub stalls: u64,
     /// Mean time a worker spends blocked between events, ns (`W / λ`).
     pub mean_block_ns: f64,
     /// Events that started on the CPU their worker unblocked on (a same-CPU handoff, or
@@ -294,6 +298,8 @@ struct Shared<'a> {
     server_wakeups: AtomicU64,
     late: AtomicU64,
     served: AtomicU64,
+    /// Compute done on each CPU (indexed by CPU number), ns: the work-conservation check.
+    cpu_busy_ns: Box<[Padded<AtomicU64>]>,
 }
 
 impl Work for Shared<'_> {
@@ -329,7 +335,8 @@ impl Shared<'_> {
         let start = now_ns();
         let lat = start.saturating_sub(ev.ts).max(1);
         h.all.saturating_record(lat);
-        let same = sys::current_cpu() == ev.cpu as usize;
+        let cpu = sys::current_cpu();
+        let same = cpu == ev.cpu as usize;
         if same {
             h.same.saturating_record(lat);
         }
@@ -340,6 +347,9 @@ impl Shared<'_> {
             }
         }
         burn_cpu(self.compute_ns);
+        if let Some(b) = self.cpu_busy_ns.get(cpu) {
+            b.0.fetch_add(self.compute_ns, Ordering::Relaxed);
+        }
         self.served.fetch_add(1, Ordering::Relaxed);
         let b = &self.busy[ev.worker as usize].0;
         if b.swap(FREE, Ordering::AcqRel) == BUSY_WAITED {
@@ -358,26 +368,30 @@ impl Shared<'_> {
         self.wakes[i].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// `adopt`: run the queue dry with server `tok`, give it back, and re-check (the
-    /// releaser's half of the store-then-check pair; `release` fences).
-    fn serve_then_release(&self, mut tok: usize, h: &mut Lat, moved: &mut bool) {
+    /// `adopt`: the worker's event is done; server `tok` takes over. If work is queued the
+    /// server's thread serves it ([`crate::IdleWakeup::serve`]); else the token is
+    /// released, then the releaser's re-check (`release` fences): work that arrived
+    /// meanwhile goes to whichever server the re-check claims.
+    fn hand_back(&self, mut tok: usize) {
         loop {
-            while let Some(ev) = self.pop() {
-                self.run(ev, h, false);
+            if self.pending() {
+                self.mech.serve(tok);
+                return;
             }
             self.mech.release(tok);
             if !self.pending() {
-                break;
+                return;
             }
             match self.mech.claim() {
-                Some(t) => {
-                    tok = t;
-                    self.move_to(tok, moved);
-                }
-                None => break,
+                Some(t) => tok = t,
+                None => return,
             }
         }
-        if *moved {
+    }
+
+    /// `adopt`: back to the worker's own CPUs after running on another's.
+    fn restore(&self, moved: bool) {
+        if moved {
             match PINNED.get() {
                 Some(cpu) => {
                     let _ = sys::pin_to_cpu(cpu);
@@ -386,7 +400,6 @@ impl Shared<'_> {
                     crate::os::set_affinity(&self.home);
                 }
             }
-            *moved = false;
         }
     }
 
@@ -409,7 +422,8 @@ impl Shared<'_> {
             self.move_to(tok, &mut moved);
             // Claimed at once: `adopt`'s whole handoff.
             self.run(ev, h, true);
-            self.serve_then_release(tok, h, &mut moved);
+            self.hand_back(tok);
+            self.restore(moved);
             return;
         }
         self.push(ev);
@@ -419,9 +433,8 @@ impl Shared<'_> {
         if self.mech.mechanism() == Mechanism::Adopt
             && let Some(tok) = self.mech.claim()
         {
-            // A server was released between our failed claim and our push.
-            self.move_to(tok, &mut moved);
-            self.serve_then_release(tok, h, &mut moved);
+            // A server was released between our failed claim and our push: it serves.
+            self.hand_back(tok);
         }
     }
 
@@ -429,11 +442,16 @@ impl Shared<'_> {
         let _ = sys::pin_to_cpu(cpu);
         let mut h = Lat::new();
         let mut just_woke = false;
+        // An `adopt` server runs events only while it holds its token (after `idle`
+        // returned Woken or Recheck); every other kind may run them at any time.
+        let adopt = self.mech.mechanism() == Mechanism::Adopt;
+        let mut holds = !adopt;
         loop {
-            if let Some(ev) = self.pop() {
+            if let Some(ev) = holds.then(|| self.pop()).flatten() {
                 // Clean: pushed on an empty queue, started by a server straight out of a
-                // wakeup (not after a compute, not behind another event).
-                let clean = just_woke && ev.alone;
+                // wakeup (not after a compute, not behind another event). An `adopt`
+                // server only serves what no claimer could take: never a clean handoff.
+                let clean = just_woke && ev.alone && !adopt;
                 just_woke = false;
                 self.run(ev, &mut h, clean);
                 continue;
@@ -446,11 +464,12 @@ impl Shared<'_> {
                 break;
             }
             match self.mech.idle(s, self) {
-                Idle::Recheck => {}
+                Idle::Recheck => holds = true,
                 Idle::Woken => {
                     self.server_wakeups.fetch_add(1, Ordering::Relaxed);
                     self.mech.after_wake(s, self);
                     just_woke = true;
+                    holds = true;
                 }
                 Idle::Stopped => break,
             }
@@ -509,6 +528,49 @@ impl Shared<'_> {
         }
         h
     }
+}
+
+/// The window of the work-conservation check ([`RunResult::stalls`]).
+pub const STALL_WINDOW: Duration = Duration::from_millis(100);
+
+/// How often the check samples the run queue.
+pub const STALL_SAMPLE: Duration = Duration::from_millis(10);
+
+/// The work-conservation check: every [`STALL_SAMPLE`] until `finished`, look at the run
+/// queue; when it has been non-empty at every sample for [`STALL_WINDOW`], every CPU of
+/// `cpus` must have computed at least a tenth of the window in it, else count a stall.
+/// Returns the stalls and this thread's own CPU time (not the workload's).
+fn work_conservation(sh: &Shared<'_>, cpus: &[usize], finished: &AtomicBool) -> (u64, u64) {
+    let u0 = Usage::thread();
+    let window = STALL_WINDOW.as_nanos() as u64;
+    let busy = |c: usize| {
+        sh.cpu_busy_ns
+            .get(c)
+            .map_or(0, |b| b.0.load(Ordering::Relaxed))
+    };
+    let mut stalls = 0;
+    let mut open: Option<(u64, Vec<u64>)> = None;
+    while !finished.load(Ordering::Acquire) {
+        std::thread::sleep(STALL_SAMPLE);
+        let now = now_ns();
+        if !sh.pending() {
+            open = None;
+            continue;
+        }
+        match &open {
+            None => open = Some((now, cpus.iter().map(|&c| busy(c)).collect())),
+            Some((t0, before)) if now - t0 >= window => {
+                let idle = cpus
+                    .iter()
+                    .zip(before)
+                    .any(|(&c, &b)| busy(c).saturating_sub(b) < window / 10);
+                stalls += u64::from(idle);
+                open = None;
+            }
+            Some(_) => {}
+        }
+    }
+    (stalls, Usage::thread().since(u0).cpu_ns)
 }
 
 /// A small, fast, seedable generator (splitmix64) for the arrival process.
@@ -608,6 +670,9 @@ pub fn run(m: Mechanism, cfg: &Config) -> Result<RunResult, RunError> {
         server_wakeups: AtomicU64::new(0),
         late: AtomicU64::new(0),
         served: AtomicU64::new(0),
+        cpu_busy_ns: (0..=cfg.cpus.iter().copied().max().unwrap_or(0))
+            .map(|_| Padded(AtomicU64::new(0)))
+            .collect(),
     };
     let times = schedule(cfg);
     let total: u64 = times.iter().map(|v| v.len() as u64).sum();
@@ -615,7 +680,12 @@ pub fn run(m: Mechanism, cfg: &Config) -> Result<RunResult, RunError> {
     let exited = AtomicUsize::new(0);
     let mut latency = Lat::new();
     let mut rescues = 0;
-    let (usage, wall_ns) = std::thread::scope(|scope| {
+    let finished = AtomicBool::new(false);
+    let (usage, wall_ns, stalls) = std::thread::scope(|scope| {
+        let monitor = {
+            let (sh, finished) = (&sh, &finished);
+            scope.spawn(move || work_conservation(sh, &cfg.cpus, finished))
+        };
         let servers: Vec<_> = (0..cfg.servers)
             .map(|s| {
                 let (sh, exited) = (&sh, &exited);
@@ -658,6 +728,8 @@ pub fn run(m: Mechanism, cfg: &Config) -> Result<RunResult, RunError> {
         }
         let t_end = now_ns();
         let u1 = Usage::process();
+        finished.store(true, Ordering::Release);
+        let (stalls, monitor_cpu) = monitor.join().unwrap_or((0, 0));
         sh.stop.store(true, Ordering::Release);
         while exited.load(Ordering::Acquire) < cfg.servers {
             sh.mech.wake_all();
@@ -668,7 +740,10 @@ pub fn run(m: Mechanism, cfg: &Config) -> Result<RunResult, RunError> {
                 latency.add(&h);
             }
         }
-        (u1.since(u0), t_end.saturating_sub(t0))
+        let mut usage = u1.since(u0);
+        // The monitor is not the workload.
+        usage.cpu_ns = usage.cpu_ns.saturating_sub(monitor_cpu);
+        (usage, t_end.saturating_sub(t0), stalls)
     });
     let w = |i: usize| sh.wakes[i].load(Ordering::Relaxed);
     Ok(RunResult {
@@ -692,6 +767,7 @@ pub fn run(m: Mechanism, cfg: &Config) -> Result<RunResult, RunError> {
         server_wakeups: sh.server_wakeups.load(Ordering::Relaxed),
         late: sh.late.load(Ordering::Relaxed),
         rescues,
+        stalls,
         mean_block_ns: cfg.workers as f64 * 1e9 / cfg.rate_per_s(),
         same_cpu: latency.same.len(),
         latency_same_cpu: latency.same,
@@ -743,6 +819,35 @@ mod tests {
             assert_eq!(r.events, expected as u64, "{m:?}");
             assert_eq!(r.latency.len(), r.events, "{m:?}");
             assert_eq!(r.rescues, 0, "{m:?} lost a wakeup");
+            assert_eq!(r.stalls, 0, "{m:?} left a CPU idle while work waited");
+        }
+    }
+
+    #[test]
+    fn no_cpu_idles_while_work_waits_at_high_load() {
+        // Work conservation: at 80 % offered load (near saturation with the per-event
+        // overhead) every mechanism keeps every CPU busy while events are queued. The slot
+        // once stranded a server in its user-space stack behind an empty slot here.
+        let cpus = sys::allowed_cpus().unwrap();
+        for seed in [1, 2] {
+            for m in Mechanism::ALL {
+                let cfg = Config {
+                    servers: cpus.len(),
+                    workers: 16,
+                    cpus: cpus.clone(),
+                    pin_workers: false,
+                    load: 0.8,
+                    compute_ns: 100_000,
+                    duration_ns: 400_000_000,
+                    seed,
+                };
+                let r = run(m, &cfg).unwrap();
+                assert_eq!(r.rescues, 0, "{m:?} seed {seed} lost a wakeup");
+                assert_eq!(
+                    r.stalls, 0,
+                    "{m:?} seed {seed} left a CPU idle while work waited"
+                );
+            }
         }
     }
 }

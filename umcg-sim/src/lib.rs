@@ -189,6 +189,11 @@ pub trait IdleWakeup: Send + Sync {
         None
     }
 
+    /// `Adopt` only: the caller, holding `server` (from [`IdleWakeup::claim`]), hands it to
+    /// the server's own thread, which serves the run queue and then releases it (the switch
+    /// back to the server when the adopting worker blocks again).
+    fn serve(&self, _server: usize) {}
+
     /// A server that just woke may pass work on to another (the slot's user-space stack).
     fn after_wake(&self, _server: usize, _work: &dyn Work) {}
 
@@ -399,12 +404,20 @@ impl IdleWakeup for ListHandoff {
 
 /// `adopt`: each server is a token (IDLE = free); the unblocking worker claims one, the one
 /// of its own CPU if free, and runs the worker itself (moving to the token's CPU if it had to
-/// take another CPU's). The server threads only sleep until the stop.
+/// take another CPU's). When its event is done and work is queued, the worker hands the
+/// token to the server's thread ([`IdleWakeup::serve`]), which serves the queue and then
+/// releases the token (a real synchronous switch returns to the server when the worker
+/// blocks again); otherwise it releases the token itself.
+///
+/// A token is held by one party at a time: a claiming worker, or its server's thread while
+/// `serving[i]` is 1. `serving[i]` is written 1 only by the token's holder handing it over
+/// (`Release`, then `FUTEX_WAKE`), read by the server thread (`Acquire`); the thread writes
+/// 0 before it releases the token, so a later holder's 1 is never overwritten.
 #[derive(Debug)]
 struct AdoptHandoff {
     cpus: Box<[usize]>,
     tokens: Box<[Padded]>,
-    parked: Box<[Padded]>,
+    serving: Box<[Padded]>,
 }
 
 impl AdoptHandoff {
@@ -416,7 +429,7 @@ impl AdoptHandoff {
             tokens: (0..servers)
                 .map(|_| Padded(AtomicU32::new(UMCG_TASK_IDLE)))
                 .collect(),
-            parked: (0..servers).map(|_| Padded(AtomicU32::new(0))).collect(),
+            serving: (0..servers).map(|_| Padded(AtomicU32::new(0))).collect(),
         }
     }
 
@@ -440,11 +453,25 @@ impl IdleWakeup for AdoptHandoff {
     }
 
     fn idle(&self, server: usize, work: &dyn Work) -> Idle {
-        let w = &self.parked[server].0;
-        while !work.stopping() {
+        let w = &self.serving[server].0;
+        if w.load(Ordering::Acquire) == 1 {
+            // Served the queue dry: give the token back, then the releaser's re-check.
+            w.store(0, Ordering::Relaxed);
+            self.release(server);
+            if work.pending() && self.try_claim(server) {
+                w.store(1, Ordering::Relaxed);
+                return Idle::Recheck;
+            }
+        }
+        loop {
+            if work.stopping() {
+                return Idle::Stopped;
+            }
+            if w.load(Ordering::Acquire) == 1 {
+                return Idle::Woken;
+            }
             let _ = sys::futex_wait(w, 0, None);
         }
-        Idle::Stopped
     }
 
     fn wake_one(&self) -> Wake {
@@ -472,10 +499,21 @@ impl IdleWakeup for AdoptHandoff {
         self.cpus.get(server).copied()
     }
 
+    fn serve(&self, server: usize) {
+        if let Some(w) = self.serving.get(server) {
+            w.0.store(1, Ordering::Release);
+            sys::futex_wake(&w.0, 1);
+        }
+    }
+
     fn wake_all(&self) {
-        for p in self.parked.iter() {
-            p.0.store(1, Ordering::Release);
-            sys::futex_wake(&p.0, i32::MAX);
+        // Free tokens go to their threads (a rescue serves what is queued); every thread
+        // wakes to see the stop flag.
+        for (i, w) in self.serving.iter().enumerate() {
+            if self.try_claim(i) {
+                w.0.store(1, Ordering::Release);
+            }
+            sys::futex_wake(&w.0, i32::MAX);
         }
     }
 }
@@ -579,17 +617,67 @@ impl SlotHandoff {
 
     /// Take server `server` out of the slot or the stack, whichever holds it, and make it
     /// RUNNING (a concurrent taker that claimed it first finds RUNNING and gives up).
-    fn leave(&self, server: usize) {
+    /// Returns true if a waker had taken it from the slot already: the slot is then empty
+    /// and nobody else will refill it, so the caller must rotate as a woken server does.
+    fn leave(&self, server: usize) -> bool {
         let id = Self::id(server);
-        if !self.slot.withdraw(id) {
-            self.stack().retain(|&x| x != id);
-        }
+        let taken = {
+            let mut st = self.stack();
+            if self.slot.withdraw(id) {
+                false
+            } else {
+                let n = st.len();
+                st.retain(|&x| x != id);
+                st.len() == n
+            }
+        };
         let _ = self.states[server].0.compare_exchange(
             UMCG_TASK_IDLE,
             UMCG_TASK_RUNNING,
             Ordering::AcqRel,
             Ordering::Acquire,
         ); // IDLE=>RUNNING
+        taken
+    }
+
+    /// libumcg's idle step: CAS the slot 0→own TID; if another server holds it, wait in
+    /// user space (the stack). Both under the stack's lock: see `rotate`.
+    fn announce(&self, id: u32) {
+        let mut stack = self.stack();
+        if !self.slot.offer(id) {
+            stack.push(id);
+        }
+    }
+
+    /// What a woken server does (§4.8, libumcg): rotate a user-space idle server into the
+    /// empty slot, and if work is queued wake one more from the stack. The pop and the
+    /// offer happen under the stack's lock, as an idle server's offer-or-push does: were
+    /// they apart, a server could fail its offer (slot full), this rotation could then find
+    /// the stack still empty, and the server's push would strand it in the stack behind an
+    /// empty slot, asleep while work queues (seen at 70 % load before this lock: one server
+    /// did all the work for 300 ms).
+    fn rotate(&self, work: &dyn Work) {
+        let mut wake = [None, None];
+        {
+            let mut st = self.stack();
+            if let Some(id) = st.pop()
+                && !self.slot.offer(id)
+            {
+                // Slot refilled meanwhile (a server that went idle): either wake this one
+                // for queued work, or put it back.
+                if work.pending() {
+                    wake[0] = Some(id);
+                } else {
+                    st.push(id);
+                }
+            }
+            if work.pending() {
+                wake[1] = st.pop();
+            }
+        }
+        for id in wake.into_iter().flatten() {
+            let _ = self.wake_id(id);
+        }
     }
 
     fn wake_id(&self, id: u32) -> Wake {
@@ -621,13 +709,14 @@ impl IdleWakeup for SlotHandoff {
         let id = Self::id(server);
         let st = &self.states[server].0;
         st.store(UMCG_TASK_IDLE, Ordering::Release); // RUNNING=>IDLE
-        // libumcg: CAS the slot 0→own TID; if another server holds it, wait in user space.
-        if !self.slot.offer(id) {
-            self.stack().push(id);
-        }
+        self.announce(id);
         fence(Ordering::SeqCst);
         if work.pending() || work.stopping() {
-            self.leave(server);
+            if self.leave(server) {
+                // A waker took us from the slot and its wake found us RUNNING: we are the
+                // woken server it meant, so we rotate.
+                self.rotate(work);
+            }
             return Idle::Recheck;
         }
         loop {
@@ -635,7 +724,9 @@ impl IdleWakeup for SlotHandoff {
                 return Idle::Woken;
             }
             if work.stopping() {
-                self.leave(server);
+                if self.leave(server) {
+                    self.rotate(work);
+                }
                 return Idle::Stopped;
             }
             let _ = sys::futex_wait(st, UMCG_TASK_IDLE, None);
@@ -651,25 +742,8 @@ impl IdleWakeup for SlotHandoff {
     }
 
     fn after_wake(&self, _server: usize, work: &dyn Work) {
-        // Rotate a user-space idle server into the empty slot (§4.8), and if more work is
-        // queued wake one from the stack (libumcg's umcg_get_idle_worker).
-        let next = self.stack().pop();
-        if let Some(id) = next
-            && !self.slot.offer(id)
-        {
-            // Slot refilled meanwhile: either wake it for queued work, or put it back.
-            if work.pending() {
-                let _ = self.wake_id(id);
-            } else {
-                self.stack().push(id);
-            }
-        }
-        if work.pending() {
-            let more = self.stack().pop();
-            if let Some(id) = more {
-                let _ = self.wake_id(id);
-            }
-        }
+        // libumcg's umcg_get_idle_worker path.
+        self.rotate(work);
     }
 
     fn wake_all(&self) {
@@ -682,6 +756,95 @@ impl IdleWakeup for SlotHandoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No pending work, not stopping.
+    struct NoWork;
+
+    impl Work for NoWork {
+        fn pending(&self) -> bool {
+            false
+        }
+        fn stopping(&self) -> bool {
+            false
+        }
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Step {
+        /// Server 2 goes idle while server 1 holds the slot.
+        Announce,
+        /// A waker takes the slot (server 1) and wakes it.
+        Take,
+        /// Server 1, woken, rotates.
+        Rotate,
+    }
+
+    #[test]
+    fn slot_rotation_never_strands_a_server() {
+        // Every order of the protocol's atomic steps (each one XCHG, or one critical section
+        // of the stack's lock) in which server 1 rotates after being taken. A server must
+        // never sit in the stack behind an empty slot: no waker could reach it, and it
+        // would sleep while work queues (before `announce` and `rotate` shared the lock,
+        // "offer fails, rotate finds nothing, push" stranded it).
+        use Step::*;
+        for order in [
+            [Announce, Take, Rotate],
+            [Take, Announce, Rotate],
+            [Take, Rotate, Announce],
+        ] {
+            let h = SlotHandoff::new(2);
+            for st in h.states.iter() {
+                st.0.store(UMCG_TASK_IDLE, Ordering::Release);
+            }
+            h.announce(1);
+            for step in order {
+                match step {
+                    Announce => h.announce(2),
+                    Take => assert_eq!(h.wake_one(), Wake::Woken, "{order:?}"),
+                    Rotate => h.rotate(&NoWork),
+                }
+            }
+            let stacked = h.stack().clone();
+            let held = h.slot.take();
+            assert!(
+                stacked.is_empty() || held.is_some(),
+                "{order:?}: stack {stacked:?} behind an empty slot"
+            );
+            assert_eq!(
+                held,
+                Some(2),
+                "{order:?}: server 2 reachable through the slot"
+            );
+        }
+    }
+
+    #[test]
+    fn a_server_taken_while_leaving_rotates() {
+        // Server 1 holds the slot, server 2 waits in the stack. A waker takes server 1 from
+        // the slot while server 1, having found work on its re-check, is leaving: the
+        // waker's wake races (server 1 is RUNNING), so server 1 itself must rotate server 2
+        // into the slot.
+        let h = SlotHandoff::new(2);
+        for st in h.states.iter() {
+            st.0.store(UMCG_TASK_IDLE, Ordering::Release);
+        }
+        h.announce(1);
+        h.announce(2);
+        assert_eq!(*h.stack(), vec![2]);
+        let taken = h.slot.take();
+        assert_eq!(taken, Some(1));
+        assert!(h.leave(0), "server 1 was taken from the slot");
+        assert_eq!(h.wake_id(1), Wake::Raced);
+        h.rotate(&NoWork);
+        assert!(h.stack().is_empty());
+        assert_eq!(h.slot.take(), Some(2));
+        // A server that leaves from the stack or the slot itself was not taken.
+        let h = SlotHandoff::new(2);
+        h.announce(1);
+        h.announce(2);
+        assert!(!h.leave(0) && !h.leave(1));
+        assert!(h.stack().is_empty() && h.slot.take().is_none());
+    }
 
     #[test]
     fn names_round_trip() {

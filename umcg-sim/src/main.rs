@@ -358,6 +358,16 @@ fn compare(a: &CompareArgs) -> Result<(), Failure> {
     if runs.iter().any(|r| r.rescues > 0 || r.wakes.failed > 0) {
         println!("WARNING: a run needed rescue wakeups or a mechanism failed (see results.csv)");
     }
+    for r in runs.iter().filter(|r| r.stalls > 0) {
+        println!(
+            "WARNING: {} at {:.0} %: {} stall(s): work stayed queued for {} ms while a CPU \
+             idled (a wakeup lost for a while; results.csv `stalls`)",
+            r.mechanism.name(),
+            r.config.load * 100.0,
+            r.stalls,
+            harness::STALL_WINDOW.as_millis()
+        );
+    }
     println!();
     println!("p50 / p99 latency (us) by offered load:");
     print!("{:<19}", "mechanism");
@@ -504,7 +514,9 @@ const TARGET_PCT: f64 = 25.0;
 /// fell behind its open-loop schedule ([`RunResult::kept_schedule`]), or the model's CPU
 /// demand reaches the capacity (both then measure queue growth over the run's length).
 fn excluded(r: &RunResult, m: &Prediction) -> Option<&'static str> {
-    if !r.kept_schedule() {
+    if r.stalls > 0 || r.rescues > 0 {
+        Some("the real run stalled")
+    } else if !r.kept_schedule() {
         Some("the real run fell behind its schedule")
     } else if m.saturated() {
         Some("saturated")

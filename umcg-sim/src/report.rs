@@ -125,7 +125,8 @@ pub fn runs_csv(runs: &[RunResult]) -> String {
         "mechanism,servers,workers,cpus,load,compute_us,offered_per_s,achieved_per_s,events,\
          p50_us,p99_us,p999_us,max_us,cpu_per_event_us,vcsw_per_event,ivcsw_per_event,\
          woken,signalled,no_idle,raced,failed,adopted,server_wakeups,futile,late,rescues,\
-         mean_block_us,same_cpu_fraction,same_cpu_p50_us,cross_cpu_p50_us\n",
+         stalls,mean_block_us,same_cpu_fraction,same_cpu_p50_us,cross_cpu_p50_us,lag_p50_us,\
+         lag_p99_us\n",
     );
     for r in runs {
         let c = &r.config;
@@ -138,7 +139,7 @@ pub fn runs_csv(runs: &[RunResult]) -> String {
         let w = &r.wakes;
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{:.1},{:.1},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{},{},{},{},{:.1},{:.3},{:.3},{:.3}",
+            "{},{},{},{},{},{},{:.1},{:.1},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{},{},{},{},{},{:.1},{:.3},{:.3},{:.3},{:.3},{:.3}",
             r.mechanism.name(),
             c.servers,
             c.workers,
@@ -165,10 +166,13 @@ pub fn runs_csv(runs: &[RunResult]) -> String {
             r.futile,
             r.late,
             r.rescues,
+            r.stalls,
             r.mean_block_ns / 1000.0,
             r.same_cpu_fraction(),
             r.p50_same_cross_us().0,
             r.p50_same_cross_us().1,
+            r.lag_us(0.5),
+            r.lag_us(0.99),
         );
     }
     s
@@ -236,7 +240,8 @@ pub fn json(
             "    {{\"mechanism\": {}, \"load\": {}, \"servers\": {}, \"workers\": {}, \"compute_us\": {}, \
              \"offered_per_s\": {}, \"achieved_per_s\": {}, \"events\": {}, \"p50_us\": {}, \"p99_us\": {}, \
              \"p999_us\": {}, \"max_us\": {}, \"cpu_per_event_us\": {}, \"vcsw_per_event\": {}, \
-             \"ivcsw_per_event\": {}, \"futile\": {}, \"late\": {}, \"rescues\": {}}}{}",
+             \"ivcsw_per_event\": {}, \"futile\": {}, \"late\": {}, \"rescues\": {}, \
+             \"stalls\": {}, \"lag_p99_us\": {}}}{}",
             json_str(r.mechanism.name()),
             json_num(r.config.load),
             r.config.servers,
@@ -255,6 +260,8 @@ pub fn json(
             r.futile,
             r.late,
             r.rescues,
+            r.stalls,
+            json_num(r.lag_us(0.99)),
             if i + 1 < runs.len() { "," } else { "" }
         );
     }

@@ -37,7 +37,7 @@ pub struct Calibration {
 }
 
 /// The baseline each key is read from and which of its figures (`p50` or `cpu`).
-const SOURCES: [(&str, &str, Fig); 34] = [
+const SOURCES: [(&str, &str, Fig); 36] = [
     ("handoff_list_same", "handoff_list_same", Fig::Dist),
     ("handoff_list_cross", "handoff_list_cross", Fig::Dist),
     (
@@ -62,6 +62,8 @@ const SOURCES: [(&str, &str, Fig); 34] = [
     ),
     ("handoff_slot_same", "handoff_slot_same", Fig::Dist),
     ("handoff_slot_cross", "handoff_slot_cross", Fig::Dist),
+    ("handoff_herd_same", "handoff_herd_same", Fig::Dist),
+    ("handoff_herd_cross", "handoff_herd_cross", Fig::Dist),
     ("futex_same_call", "wake1of1_futex_same_wakercall", Fig::P50),
     ("futex_same_wakee", "wake1of1_futex_same", Fig::Cpu),
     (
@@ -112,7 +114,7 @@ enum Fig {
 
 impl Calibration {
     /// Every key with its meaning (the baseline it is measured by, [`crate::baseline`]).
-    pub const KEYS: [(&'static str, &'static str); 34] = [
+    pub const KEYS: [(&'static str, &'static str); 36] = [
         (
             "handoff_list_same",
             "list: an unblocking worker wakes an idle server on its own CPU: latency from its \
@@ -141,6 +143,15 @@ impl Calibration {
         ),
         ("handoff_slot_same", "as handoff_list_same, through slot"),
         ("handoff_slot_cross", "as handoff_list_cross, through slot"),
+        (
+            "handoff_herd_same",
+            "herd at 2 CPUs: the first server to start is the one on the waker's CPU (after \
+             the waker's write, which also woke the other CPU's)",
+        ),
+        (
+            "handoff_herd_cross",
+            "herd at 2 CPUs: the first server to start is the other CPU's",
+        ),
         (
             "futex_same_call",
             "a thread just woken from a timed sleep (an unblocking worker) wakes a thread in \
@@ -229,7 +240,7 @@ impl Calibration {
     ];
 
     /// The keys whose value is a distribution ([`QUANTILES`]).
-    pub const DISTS: [&'static str; 9] = [
+    pub const DISTS: [&'static str; 11] = [
         "handoff_list_same",
         "handoff_list_cross",
         "handoff_epoll-excl_same",
@@ -238,6 +249,8 @@ impl Calibration {
         "handoff_eventfd-per-server_cross",
         "handoff_slot_same",
         "handoff_slot_cross",
+        "handoff_herd_same",
+        "handoff_herd_cross",
         "adopt_path",
     ];
 
@@ -314,7 +327,19 @@ impl Calibration {
     /// guest, 2 vCPUs, guest haltpoll with `guest_halt_poll_ns=0`, kernel 6.18), quiet. For
     /// model runs without a calibration file (the CLI says when it uses it) and for tests.
     pub fn reference() -> Calibration {
-        let dists: [(&'static str, [f64; QUANTILES.len()]); 9] = [
+        let dists: [(&'static str, [f64; QUANTILES.len()]); 11] = [
+            (
+                "handoff_herd_same",
+                [
+                    10_000.0, 13_000.0, 14_000.0, 15_000.0, 17_000.0, 22_000.0, 60_000.0,
+                ],
+            ),
+            (
+                "handoff_herd_cross",
+                [
+                    22_000.0, 24_000.0, 26_000.0, 29_000.0, 36_000.0, 48_000.0, 90_000.0,
+                ],
+            ),
             (
                 "handoff_list_same",
                 [

@@ -29,14 +29,18 @@
 //!      a stale wakeup (`fd_stale`);
 //!    - `herd`: always writes; every idle server wakes. The waker's write sends one wakeup
 //!      IPI per idle server on another CPU (`epoll_cross_call` each) plus the per-waiter walk
-//!      (slope of `herd_call_K`); the j-th remote server runs a draw of
-//!      `handoff_epoll-excl_cross` (its first server: the same path) `+ j × epoll_cross_call` after
-//!      the timestamp, a server on the waker's own CPU only after the whole write. The first to start takes the event; the others find nothing (futile);
+//!      (slope of `herd_call_K`); the j-th remote server runs a draw of `handoff_herd_cross`
+//!      `+ j × epoll_cross_call` after the timestamp, a server on the waker's own CPU a draw
+//!      of `handoff_herd_same` (measured with one remote server) plus the write's further
+//!      IPIs and walk. The first to start takes the event; the others find nothing (futile);
 //!    - `adopt`: if the worker's own CPU's server is idle, the worker claims it and runs at
 //!      once: latency a draw of `adopt_path` (measured as the handoffs), CPU that plus
 //!      `claim_release`; else it claims the
 //!      lowest-numbered idle server and migrates to its CPU (`migrate_lat`, `migrate_cpu`
-//!      on top); with none idle the event waits in the queue for a claimer to finish.
+//!      on top); with none idle the event waits in the queue. A claimer whose event is done
+//!      hands its server to the server's own thread if work is queued (a same-CPU wakeup,
+//!      `handoff_list_same`, and the futex figures for its CPU), which serves the queue
+//!      until it is empty; otherwise the server is idle again.
 //! 3. A woken server takes the head of the run queue (latency = start − timestamp); it finds
 //!    nothing if another server took it (a futile wakeup). A server finishing a compute
 //!    takes the next queued event at once, or goes idle (its CPU halts).
@@ -229,10 +233,8 @@ struct Costs {
 impl Costs {
     fn new(c: &Calibration, p: &Params, m: Mechanism) -> Costs {
         let per_waiter = ((c.get("herd_call_32") - c.get("herd_call_8")) / 24.0).max(0.0);
-        // `herd` with one sleeper is `epoll-excl`'s path; `adopt` wakes nobody (its slow
-        // path is a migration), so its entry is unused.
+        // `adopt` wakes a server only to hand it the queue: a same-CPU futex wake, `list`'s.
         let pm = match m {
-            Mechanism::Herd => Mechanism::EpollExclusive,
             Mechanism::Adopt => Mechanism::List,
             m => m,
         };
@@ -293,6 +295,8 @@ struct Sim<'a> {
     /// behind the slot).
     idle: Vec<usize>,
     slot: Option<usize>,
+    /// `adopt`: server `v`'s compute is a claiming worker's own event (not its thread's).
+    by_worker: Vec<bool>,
     fd_readable: bool,
     runq: VecDeque<Queued>,
     rng: SplitMix,
@@ -413,8 +417,10 @@ impl Sim<'_> {
                 if self.srv[u] == Srv::Idle {
                     self.remove_idle(u);
                     self.overhead += path + k.claim;
+                    self.by_worker[u] = true;
                     self.start_compute(t + path as u64, u, e);
                 } else if let Some(&v) = self.idle.iter().min() {
+                    self.by_worker[v] = true;
                     // The claimer moves to the claimed server's CPU.
                     self.runq.push_back(e);
                     self.wake_at(t, v, path + k.migrate_lat, path + k.claim + k.migrate_cpu);
@@ -470,14 +476,19 @@ impl Sim<'_> {
                 let call =
                     remote.len() as f64 * ch.call[1] + if local { ch.call[0] } else { 0.0 } + walk;
                 self.steal(u, call);
+                // The handoffs are measured at 2 CPUs (one remote server, two waiters);
+                // every further remote server adds its IPI to the write, every further
+                // waiter its walk.
                 for (j, &v) in remote.iter().enumerate() {
                     let lat = self.path_lat(1);
                     self.wake_at(t, v, lat + j as f64 * ch.call[1], ch.wakee[1]);
                 }
                 if local {
                     // Runs once the waker's write has returned and the waker sleeps.
-                    let lat = self.path_lat(0);
-                    self.wake_at(t, u, (call + lat - ch.call[0]).max(lat), ch.wakee[0]);
+                    let lat = self.path_lat(0)
+                        + remote.len().saturating_sub(1) as f64 * ch.call[1]
+                        + k.herd_per_waiter * all.len().saturating_sub(2) as f64;
+                    self.wake_at(t, u, lat, ch.wakee[0]);
                 }
             }
         }
@@ -513,6 +524,17 @@ impl Sim<'_> {
     }
 
     fn done(&mut self, t: u64, v: usize) {
+        if self.m == Mechanism::Adopt && std::mem::take(&mut self.by_worker[v]) {
+            if self.runq.is_empty() {
+                self.go_idle(t, v);
+            } else {
+                // The worker hands the server to its thread, on this CPU.
+                self.overhead += self.k.futex.call[0];
+                let lat = self.path_lat(0);
+                self.wake_at(t, v, lat, self.k.futex.wakee[0]);
+            }
+            return;
+        }
         match self.runq.pop_front() {
             Some(e) => self.start_compute(t, v, e),
             None => self.go_idle(t, v),
@@ -537,6 +559,7 @@ pub fn simulate(m: Mechanism, p: &Params, c: &Calibration) -> Prediction {
         generation: vec![0; n],
         idle: (0..n).rev().collect(),
         slot: None,
+        by_worker: vec![false; n],
         fd_readable: false,
         runq: VecDeque::new(),
         rng: SplitMix::new(p.seed),
