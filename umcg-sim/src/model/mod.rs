@@ -1,6 +1,9 @@
 //! A discrete-event simulation of C CPUs, one server pinned to each, serving open-loop
 //! Poisson unblock events through one idle-wakeup [`Mechanism`], with costs from a
-//! [`Calibration`] (every cost a measured baseline figure; [`calib`] names each).
+//! [`Calibration`] (every cost a measured baseline figure; [`calib`] names each). The
+//! handoff latencies are distributions measured in the workload's own conditions
+//! ([`crate::baseline::handoffs`]), sampled per event; the CPU costs are microbenchmark
+//! figures.
 //!
 //! # What is simulated
 //!
@@ -14,11 +17,10 @@
 //! 2. The waker pushes the event on a FIFO run queue and, per mechanism:
 //!    - `list`, `eventfd-per-server`: pops the most recently idled server (LIFO) and wakes
 //!      it through a futex (resp. its own eventfd behind epoll). The latency is a draw from
-//!      the mechanism's measured handoff (`handoff_<mechanism>_same` or `_cross`, a
-//!      distribution measured in the workload's own conditions at 5 % load: the
-//!      calibration's [`Calibration::DISTS`]) to a server on the same CPU or on another, idle
-//!      (halted) one; the waker's call and the wakee's CPU are the one-sleeper futex (resp.
-//!      epoll) figures;
+//!      the mechanism's measured handoff (`handoff_<mechanism>_same` or `_cross`: the clean
+//!      handoffs of a harness run at 20 % load, [`Calibration::DISTS`]) to a server on the
+//!      same CPU or on another, idle (halted) one; the waker's call and the wakee's CPU are
+//!      the one-sleeper futex (resp. epoll) figures;
 //!    - `slot`: wakes the slot holder if the slot is full; the woken server rotates the next
 //!      user-space idle server into the slot and, if work is still queued (the event that
 //!      woke it counts), wakes one more from the stack (what the harness's `after_wake` does);
@@ -35,9 +37,9 @@
 //!      IPIs and walk. The first to start takes the event; the others find nothing (futile);
 //!    - `adopt`: if the worker's own CPU's server is idle, the worker claims it and runs at
 //!      once: latency a draw of `adopt_path` (measured as the handoffs), CPU that plus
-//!      `claim_release`; else it claims the
-//!      lowest-numbered idle server and migrates to its CPU (`migrate_lat`, `migrate_cpu`
-//!      on top); with none idle the event waits in the queue. A claimer whose event is done
+//!      `claim_release`; else it claims the lowest-numbered idle server and migrates to its
+//!      CPU (`migrate_lat`, `migrate_cpu` on top); with none idle the event waits in the
+//!      queue. A claimer whose event is done
 //!      hands its server to the server's own thread if work is queued (a same-CPU wakeup,
 //!      `handoff_list_same`, and the futex figures for its CPU), which serves the queue
 //!      until it is empty; otherwise the server is idle again.
@@ -49,10 +51,18 @@
 //! wakeups included) + claims and migrations, all from the calibration; the harness measures
 //! the same quantity with `getrusage`.
 //!
-//! Not simulated: cache effects, contention on the run-queue lock, the list's GC, vCPU
-//! steal, the time a woken server's own wake path occupies its CPU, workers queueing for a
-//! CPU, and more servers than CPUs. Extrapolation beyond the measured machine assumes each
-//! cross-CPU wakeup costs what one costs here (an IPI to a halted vCPU), whatever C is.
+//! At large C a woken server often finds its event gone: with many servers computing, one
+//! finishes and takes the queue's head before the wakeup lands (every `compute / busy
+//! servers` on average), so the p50 falls with C and the wakeup's cost becomes CPU, not
+//! latency. The harness's servers do the same (a server that finishes pops the queue).
+//!
+//! Not simulated: contention on the run-queue lock, the list's GC, vCPU steal, the time a
+//! woken server's own wake path occupies its CPU, workers queueing for a CPU, more servers
+//! than CPUs, and how the handoff's cost moves with the load (on the measured VM a handoff
+//! at 5 % load is ≈ 1.4× slower than at 20–50 %: longer-halted vCPUs and colder caches;
+//! the calibration measures it at 20 %). Extrapolation beyond the measured machine assumes
+//! each cross-CPU wakeup costs what one costs here (an IPI to a halted vCPU), whatever C is,
+//! and that the herd's wakeups go out one IPI after another.
 
 pub mod calib;
 
