@@ -56,6 +56,12 @@ fn compare_quick_writes_table_and_files() {
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     // Header + 6 mechanisms x 3 loads (0.3, 0.5, 0.7).
     assert_eq!(csv.lines().count(), 1 + 6 * 3, "{csv}");
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    for col in ["rescues", "stalls", "lag_p99_us"] {
+        assert!(header.contains(&col), "no `{col}` column: {header:?}");
+    }
+    let v = std::fs::read_to_string(out.join("validation.txt")).unwrap();
+    assert!(v.contains("lag p99") && v.contains("placement"), "{v}");
     let json = std::fs::read_to_string(out.join("results.json")).unwrap();
     assert!(json.trim_start().starts_with('{') && json.contains("\"runs\""));
     let _ = std::fs::remove_dir_all(&out);
@@ -70,7 +76,16 @@ fn calibrate_then_model_quick() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(out.join("calibration.txt").exists());
+    // Every key, the handoffs as distributions measured in the harness.
+    let text = std::fs::read_to_string(out.join("calibration.txt")).unwrap();
+    let cal = umcg_sim::model::Calibration::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    for key in umcg_sim::model::Calibration::DISTS {
+        let q = cal.quantiles(key);
+        assert!(
+            q[0] > 0.0 && q.windows(2).all(|w| w[0] <= w[1]),
+            "{key}: {q:?}"
+        );
+    }
     let o = bin()
         .args([
             "model", "--quick", "--cpus", "2,16", "--load", "0.3,0.9", "--out",
