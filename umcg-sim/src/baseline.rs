@@ -795,7 +795,7 @@ pub fn handoff_key(m: crate::Mechanism, place: &str) -> String {
 /// same-CPU one 1.5 µs where the workload's was 3 µs). These runs are not the experiments
 /// the model is validated against: another load, another seed, and only the handoffs with
 /// no interaction between events (the model simulates the interactions).
-fn handoffs(w: &WorkloadSpec, out: &mut Vec<Baseline>, progress: &mut impl FnMut(&str)) {
+pub fn handoffs(w: &WorkloadSpec, out: &mut Vec<Baseline>, progress: &mut impl FnMut(&str)) {
     for m in HANDOFF_MECHANISMS {
         progress(&handoff_key(m, "same"));
         let cfg = crate::harness::Config {

@@ -13,13 +13,18 @@
 //!    the protocol (crate doc): push the event, fence, `wake_one`. If its previous event has
 //!    not been served yet it waits for that first (counted as `late`: the arrival process
 //!    then lags the schedule). For `adopt` the worker first tries to claim an idle server and,
-//!    if it gets one, runs the event itself at once.
+//!    if it gets one, runs the event itself at once; then, if work is queued, it hands the
+//!    server to the server's thread, which serves the queue (else it releases the server).
+//!    Each unblock's lag behind its scheduled arrival is recorded ([`RunResult::lag`]).
 //! 4. A server that has work pops an event, **timestamps the start** (latency = start −
 //!    unblock, into an HDR histogram in ns), burns `compute` of its own CPU time (thread CPU
-//!    clock, so preemption does not shorten the work), and marks the worker served.
-//! 5. When every event is served: read `getrusage(RUSAGE_SELF)` (process CPU time, voluntary
+//!    clock, so preemption does not shorten the work), and marks the worker served. A start
+//!    straight out of a wakeup, of an event pushed on an empty queue, is a clean handoff
+//!    ([`RunResult::handoff`]: the model's calibration).
+//! 5. Meanwhile a monitor checks work conservation ([`RunResult::stalls`]).
+//! 6. When every event is served: read `getrusage(RUSAGE_SELF)` (process CPU time, voluntary
 //!    and involuntary context switches over the window from the first arrival to the last
-//!    completion), stop and join the servers.
+//!    completion, minus the monitor's own CPU), stop and join the servers.
 //!
 //! CPU per event = (process CPU in the window − events × compute) / events: everything the
 //! wakeup path costs, plus the workers' own timed sleep and wake, which every mechanism pays
