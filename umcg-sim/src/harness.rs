@@ -373,27 +373,6 @@ impl Shared<'_> {
         self.wakes[i].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// `adopt`: the worker's event is done; server `tok` takes over. If work is queued the
-    /// server's thread serves it ([`crate::IdleWakeup::serve`]); else the token is
-    /// released, then the releaser's re-check (`release` fences): work that arrived
-    /// meanwhile goes to whichever server the re-check claims.
-    fn hand_back(&self, mut tok: usize) {
-        loop {
-            if self.pending() {
-                self.mech.serve(tok);
-                return;
-            }
-            self.mech.release(tok);
-            if !self.pending() {
-                return;
-            }
-            match self.mech.claim() {
-                Some(t) => tok = t,
-                None => return,
-            }
-        }
-    }
-
     /// `adopt`: back to the worker's own CPUs after running on another's.
     fn restore(&self, moved: bool) {
         if moved {
@@ -427,7 +406,7 @@ impl Shared<'_> {
             self.move_to(tok, &mut moved);
             // Claimed at once: `adopt`'s whole handoff.
             self.run(ev, h, true);
-            self.hand_back(tok);
+            self.mech.hand_back(tok, self);
             self.restore(moved);
             return;
         }
@@ -439,7 +418,7 @@ impl Shared<'_> {
             && let Some(tok) = self.mech.claim()
         {
             // A server was released between our failed claim and our push: it serves.
-            self.hand_back(tok);
+            self.mech.hand_back(tok, self);
         }
     }
 

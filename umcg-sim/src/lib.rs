@@ -48,17 +48,31 @@
 //! futex wait returns. The `fence(SeqCst)`s are the store-then-check pairs above. The list and
 //! the slot carry their own ordering notes in umcg-abi.
 
+// Under `--cfg umcg_loom` only the mechanisms below are built (for
+// `tests/loom_mechanisms.rs`); the harness, baselines and the rest wait on real futexes.
+#[cfg(not(umcg_loom))]
 pub mod baseline;
+#[cfg(not(umcg_loom))]
 pub mod harness;
+#[cfg(not(umcg_loom))]
 pub mod model;
+#[cfg(not(umcg_loom))]
 pub mod os;
+#[cfg(not(umcg_loom))]
 pub mod report;
+#[cfg(not(umcg_loom))]
 pub mod soak;
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering, fence};
+#[cfg(umcg_loom)]
+use loom::sync::{Mutex, MutexGuard};
+#[cfg(not(umcg_loom))]
+use std::sync::{Mutex, MutexGuard};
 
-use umcg_abi::idle_servers::{IdleServerList, Pop, Push};
+// The mechanisms' atomics are umcg-abi's: std's, or loom's under `--cfg umcg_loom`, so that
+// `tests/loom_mechanisms.rs` model-checks the protocols below as they ship.
+use umcg_abi::sync::{AtomicU32, Ordering, fence};
+
+use umcg_abi::idle_servers::{IdleServerList, Pop, Push, Reclaim};
 use umcg_abi::v0_9::IdleServerSlot;
 use umcg_abi::{StateWord, TaskState, UMCG_TASK_IDLE, UMCG_TASK_RUNNING, UmcgTask};
 use umcg_runtime::sys::{self, Epoll, EpollEvent, Errno, EventFd};
@@ -194,6 +208,27 @@ pub trait IdleWakeup: Send + Sync {
     /// back to the server when the adopting worker blocks again).
     fn serve(&self, _server: usize) {}
 
+    /// `Adopt` only: the claimer of `server` is done with its own event. If work is queued,
+    /// the server's thread takes over ([`IdleWakeup::serve`]); else the server is released,
+    /// then the releaser's re-check (`release` fences): work that arrived meanwhile goes to
+    /// whichever server a new claim gets.
+    fn hand_back(&self, mut server: usize, work: &dyn Work) {
+        loop {
+            if work.pending() {
+                self.serve(server);
+                return;
+            }
+            self.release(server);
+            if !work.pending() {
+                return;
+            }
+            match self.claim() {
+                Some(s) => server = s,
+                None => return,
+            }
+        }
+    }
+
     /// A server that just woke may pass work on to another (the slot's user-space stack).
     fn after_wake(&self, _server: usize, _work: &dyn Work) {}
 
@@ -300,9 +335,24 @@ impl ListHandoff {
     }
 
     /// Announce `t` idle: reclaim its node if it was popped, IDLE, push, fence.
+    ///
+    /// A node still live on the list is taken off first. That happens after a stale claim:
+    /// a waker popped the node in an earlier idle period, the server left by itself (its
+    /// re-check found work), went idle again and pushed the node anew, and only then did
+    /// the waker's IDLE→RUNNING land and wake it, with this period's node still linked.
+    /// Pushing it again would fail for good (the node is not reset), so the server would
+    /// spin; found by `tests/loom_mechanisms.rs`.
     fn announce(&self, t: &UmcgTask) -> bool {
-        if self.list.reclaim(t).is_err() {
-            return false;
+        loop {
+            match self.list.reclaim(t) {
+                Err(_) => return false,
+                Ok(Reclaim::Live) => {
+                    // As a leaving server does; a popper that deleted it first finds us
+                    // RUNNING and gives up, and our re-check after the push sees its work.
+                    let _ = self.list.remove(t);
+                }
+                Ok(_) => break,
+            }
         }
         t.store_state(IDLE); // RUNNING=>IDLE
         // SAFETY: `t` is an element of `self.tasks`, a boxed slice that neither moves nor is
@@ -611,7 +661,7 @@ impl SlotHandoff {
         server as u32 + 1
     }
 
-    fn stack(&self) -> std::sync::MutexGuard<'_, Vec<u32>> {
+    fn stack(&self) -> MutexGuard<'_, Vec<u32>> {
         self.stack.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -753,7 +803,7 @@ impl IdleWakeup for SlotHandoff {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(umcg_loom)))]
 mod tests {
     use super::*;
 

@@ -1,5 +1,6 @@
 //! The command line end to end: a quick comparison writes its files and prints its table;
 //! bad arguments are explained with exit code 2, never a panic. No timing is asserted.
+#![cfg(not(umcg_loom))] // the loom build has the mechanisms only
 
 use std::path::PathBuf;
 use std::process::Command;

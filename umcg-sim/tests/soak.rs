@@ -2,6 +2,7 @@
 //! idle-wakeup modes, with the runtime's invariant checker and the watchdog on. A violation,
 //! a lost wakeup (watchdog), a lost message or an unfinished job fails the run with the seed,
 //! the replay command and a state dump.
+#![cfg(not(umcg_loom))] // the loom build has the mechanisms only
 
 use std::process::Command;
 
