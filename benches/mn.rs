@@ -203,12 +203,20 @@ fn bench_spawn_join(c: &mut Criterion) {
 }
 
 /// Ping-pong between two workers through park/unpark while `population` others are parked.
+///
+/// Without time slices: nothing here spins, and with 10,000 workers allocating as they start
+/// and finish (the pool's `Vec` grows under its mutex) a slice-end kick can land inside
+/// malloc. A worker preempted while it holds glibc's arena lock stalls every worker that
+/// then waits for that lock, invisibly to its server (the emulator limit in
+/// `umcg-runtime/src/kernel/preempt.rs`). One `cargo test --benches` run hung that way at
+/// teardown (session 4; both servers' workers waiting on the pool mutex and the arena lock).
 fn bench_population(c: &mut Criterion) {
     let mut g = c.benchmark_group("wakeup_vs_population");
     g.sample_size(20);
     for population in [10usize, 10_000] {
         let rt = Runtime::builder()
             .servers(2)
+            .time_slice(None)
             .worker_stack_size(64 * 1024)
             .max_pooled_workers(population + 16)
             .build()
