@@ -32,14 +32,14 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use umcg_runtime::sys::{self, Deadline};
 
 use crate::os::{Usage, burn_cpu, now_ns, tight_timer_slack};
-use crate::{Idle, IdleWakeup, Mechanism, Wake, Work};
+use crate::{IdleWakeup, Mechanism, ServerNote, Wake, Work};
 
 /// Parameters of one run.
 #[derive(Clone, Debug, PartialEq)]
@@ -401,63 +401,40 @@ impl Shared<'_> {
     /// The waker's side (crate doc): the unblocking worker's "wake hook".
     fn unblock(&self, ev: Event, h: &mut Lat) {
         let mut moved = false;
-        if let Some(tok) = self.mech.claim() {
+        let claimed = |tok| {
             self.wakes[5].fetch_add(1, Ordering::Relaxed);
             self.move_to(tok, &mut moved);
             // Claimed at once: `adopt`'s whole handoff.
             self.run(ev, h, true);
-            self.mech.hand_back(tok, self);
-            self.restore(moved);
-            return;
-        }
-        self.push(ev);
-        fence(Ordering::SeqCst);
-        let w = self.mech.wake_one();
-        self.count(w);
-        if self.mech.mechanism() == Mechanism::Adopt
-            && let Some(tok) = self.mech.claim()
-        {
-            // A server was released between our failed claim and our push: it serves.
-            self.mech.hand_back(tok, self);
+        };
+        match crate::unblock(self.mech, self, claimed, || self.push(ev)) {
+            Some(w) => self.count(w),
+            None => self.restore(moved),
         }
     }
 
     fn server(&self, s: usize, cpu: usize) -> Lat {
         let _ = sys::pin_to_cpu(cpu);
         let mut h = Lat::new();
-        let mut just_woke = false;
-        // An `adopt` server runs events only while it holds its token (after `idle`
-        // returned Woken or Recheck); every other kind may run them at any time.
         let adopt = self.mech.mechanism() == Mechanism::Adopt;
-        let mut holds = !adopt;
-        loop {
-            if let Some(ev) = holds.then(|| self.pop()).flatten() {
+        let run_next = |just_woke: bool| match self.pop() {
+            Some(ev) => {
                 // Clean: pushed on an empty queue, started by a server straight out of a
                 // wakeup (not after a compute, not behind another event). An `adopt`
                 // server only serves what no claimer could take: never a clean handoff.
-                let clean = just_woke && ev.alone && !adopt;
-                just_woke = false;
-                self.run(ev, &mut h, clean);
-                continue;
+                self.run(ev, &mut h, just_woke && ev.alone && !adopt);
+                true
             }
-            if just_woke {
-                self.futile.fetch_add(1, Ordering::Relaxed);
-                just_woke = false;
-            }
-            if self.stopping() {
-                break;
-            }
-            match self.mech.idle(s, self) {
-                Idle::Recheck => holds = true,
-                Idle::Woken => {
-                    self.server_wakeups.fetch_add(1, Ordering::Relaxed);
-                    self.mech.after_wake(s, self);
-                    just_woke = true;
-                    holds = true;
-                }
-                Idle::Stopped => break,
-            }
-        }
+            None => false,
+        };
+        let note = |n| {
+            let counter = match n {
+                ServerNote::Woken => &self.server_wakeups,
+                ServerNote::Futile => &self.futile,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        };
+        crate::server_loop(self.mech, s, self, run_next, note);
         h
     }
 

@@ -236,6 +236,83 @@ pub trait IdleWakeup: Send + Sync {
     fn wake_all(&self);
 }
 
+/// What [`server_loop`] reports besides the events it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerNote {
+    /// The server woke from a sleep in [`IdleWakeup::idle`].
+    Woken,
+    /// ... and found nothing to run (a herd loser, a stale fd count, a raced claim).
+    Futile,
+}
+
+/// The server side of the protocol (module doc, server steps 1–3), as the harness runs it
+/// and `tests/loom_mechanisms.rs` model-checks it: run queued events while there are any,
+/// else go idle through `m`, until `work` is stopping. `run_next(just_woke)` pops and runs
+/// one event and says whether there was one (`just_woke`: the server comes straight out of
+/// a wakeup). An `adopt` server runs events only while it holds its token (after `idle`
+/// returned Woken or Recheck); every other kind may run them at any time.
+pub fn server_loop(
+    m: &dyn IdleWakeup,
+    server: usize,
+    work: &dyn Work,
+    mut run_next: impl FnMut(bool) -> bool,
+    mut note: impl FnMut(ServerNote),
+) {
+    let mut holds = m.mechanism() != Mechanism::Adopt;
+    let mut just_woke = false;
+    loop {
+        if holds && run_next(just_woke) {
+            just_woke = false;
+            continue;
+        }
+        if just_woke {
+            note(ServerNote::Futile);
+            just_woke = false;
+        }
+        if work.stopping() {
+            break;
+        }
+        match m.idle(server, work) {
+            Idle::Recheck => holds = true,
+            Idle::Woken => {
+                note(ServerNote::Woken);
+                m.after_wake(server, work);
+                just_woke = true;
+                holds = true;
+            }
+            Idle::Stopped => break,
+        }
+    }
+}
+
+/// The waker's side of the protocol for one event (module doc, waker steps 1–3), as the
+/// harness runs it and `tests/loom_mechanisms.rs` model-checks it. `adopt` first: a claimed
+/// server runs the event at once (`run_claimed(server)`), then [`IdleWakeup::hand_back`].
+/// Otherwise `push` queues the event, a `SeqCst` fence, [`IdleWakeup::wake_one`], and for
+/// `adopt` one more claim (a server released between the failed claim and the push gets the
+/// queue). Returns what `wake_one` did, or `None` if the event was claimed and run.
+pub fn unblock(
+    m: &dyn IdleWakeup,
+    work: &dyn Work,
+    run_claimed: impl FnOnce(usize),
+    push: impl FnOnce(),
+) -> Option<Wake> {
+    if let Some(server) = m.claim() {
+        run_claimed(server);
+        m.hand_back(server, work);
+        return None;
+    }
+    push();
+    fence(Ordering::SeqCst);
+    let w = m.wake_one();
+    if m.mechanism() == Mechanism::Adopt
+        && let Some(server) = m.claim()
+    {
+        m.hand_back(server, work);
+    }
+    Some(w)
+}
+
 /// Build the mechanism `m` for `servers` servers, server `i` pinned to
 /// `cpus[i % cpus.len()]` (`adopt` prefers a server of the claimer's CPU).
 pub fn build(m: Mechanism, servers: usize, cpus: &[usize]) -> Result<Box<dyn IdleWakeup>, Errno> {

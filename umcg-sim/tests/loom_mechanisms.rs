@@ -25,9 +25,9 @@
 #![cfg(umcg_loom)]
 
 use loom::sync::Arc;
-use umcg_abi::sync::{AtomicU32, Ordering, fence};
+use umcg_abi::sync::{AtomicU32, Ordering};
 use umcg_runtime::sys;
-use umcg_sim::{Idle, IdleWakeup, Mechanism, Work, build};
+use umcg_sim::{IdleWakeup, Mechanism, Work, build, server_loop, unblock};
 
 /// The run queue as the harness keeps it (a count is enough: events are alike), the stop
 /// flag, and what was served.
@@ -81,45 +81,27 @@ impl Queue {
     }
 }
 
-/// The harness's server loop (`harness::Shared::server`).
+/// One server: the harness's loop ([`umcg_sim::server_loop`]) over this queue.
 fn server(m: &dyn IdleWakeup, q: &Queue, s: usize) {
     let adopt = m.mechanism() == Mechanism::Adopt;
-    let mut holds = !adopt;
-    loop {
-        if holds && q.pop() {
+    let run_next = |_| {
+        let popped = q.pop();
+        if popped {
             q.run(s, adopt);
-            continue;
         }
-        if q.stopping() {
-            break;
-        }
-        match m.idle(s, q) {
-            Idle::Recheck => holds = true,
-            Idle::Woken => {
-                m.after_wake(s, q);
-                holds = true;
-            }
-            Idle::Stopped => break,
-        }
-    }
+        popped
+    };
+    server_loop(m, s, q, run_next, |_| {});
     q.exited.fetch_add(1, Ordering::AcqRel);
 }
 
-/// The harness's waker side (`harness::Shared::unblock`) for one event.
-fn unblock(m: &dyn IdleWakeup, q: &Queue) {
-    if let Some(tok) = m.claim() {
-        q.run(tok, true);
-        m.hand_back(tok, q);
-        return;
-    }
-    q.queued.fetch_add(1, Ordering::AcqRel);
-    fence(Ordering::SeqCst);
-    let _ = m.wake_one();
-    if m.mechanism() == Mechanism::Adopt
-        && let Some(tok) = m.claim()
-    {
-        m.hand_back(tok, q);
-    }
+/// One event raised by a waker: the harness's path ([`umcg_sim::unblock`]); a claimed server
+/// runs it at once.
+fn raise(m: &dyn IdleWakeup, q: &Queue) {
+    let push = || {
+        q.queued.fetch_add(1, Ordering::AcqRel);
+    };
+    let _ = unblock(m, q, |tok| q.run(tok, true), push);
 }
 
 /// `servers` servers on CPU 0 (one CPU: `adopt` claims in index order), `wakers` threads
@@ -145,7 +127,7 @@ fn check(mech: Mechanism, servers: usize, wakers: usize, events: u32, bound: usi
                 let (m, q) = (m.clone(), q.clone());
                 loom::thread::spawn(move || {
                     for _ in 0..events {
-                        unblock(&**m, &q);
+                        raise(&**m, &q);
                     }
                 })
             })
