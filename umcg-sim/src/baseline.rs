@@ -10,8 +10,8 @@
 //! - the cost of entering the kernel (`gettid`) and of one timed sleep-and-wake of a thread
 //!   (what every worker pays per event in the harness);
 //! - each mechanism's handoff as the workload sees it ([`handoffs`]): the latency of the
-//!   events started on their worker's CPU and of the others, in a run of the harness at a
-//!   load so low that events almost never meet (the distributions the model samples).
+//!   clean handoffs (one wakeup, no queueing) started on their worker's CPU and of the
+//!   others, in a run of the harness at 20 % load (the distributions the model samples).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -591,6 +591,21 @@ pub struct WorkloadSpec {
 }
 
 impl WorkloadSpec {
+    /// The harness configuration of this workload at `load`, for `duration_ns` with `seed`:
+    /// one server per CPU, unpinned workers.
+    pub fn config(&self, load: f64, duration_ns: u64, seed: u64) -> crate::harness::Config {
+        crate::harness::Config {
+            servers: self.cpus.len().max(1),
+            workers: self.workers.max(1),
+            cpus: self.cpus.clone(),
+            pin_workers: false,
+            load,
+            compute_ns: self.compute_ns.max(1),
+            duration_ns,
+            seed,
+        }
+    }
+
     /// The defaults of `umcg-sim compare` on the allowed CPUs.
     pub fn default_for(cpus: Vec<usize>, quick: bool) -> Self {
         WorkloadSpec {
@@ -737,17 +752,7 @@ fn run_all_pinned(iters: usize, w: &WorkloadSpec, mut progress: impl FnMut(&str)
     for &l in &WORKLOAD_LOADS {
         let key = format!("workload_L{:.0}", l * 100.0);
         progress(&key);
-        let cfg = crate::harness::Config {
-            servers: w.cpus.len().max(1),
-            workers: w.workers.max(1),
-            cpus: w.cpus.clone(),
-            pin_workers: false,
-            load: l,
-            compute_ns: w.compute_ns.max(1),
-            duration_ns: w.duration_ns,
-            seed: w.seed,
-        };
-        let c = workload_cpu_ns(&cfg);
+        let c = workload_cpu_ns(&w.config(l, w.duration_ns, w.seed));
         out.push(Baseline {
             name: key,
             placement: format!(
@@ -769,7 +774,7 @@ fn run_all_pinned(iters: usize, w: &WorkloadSpec, mut progress: impl FnMut(&str)
 
 /// The load of the harness runs that measure the handoffs ([`handoffs`]): between the
 /// validation's loads, high enough that CPUs are as warm as there (handoffs at 5 % load
-/// are ≈ 1.4× slower than at 30–50 %: longer-halted vCPUs, colder caches).
+/// are ×1.3–1.5 slower than at 20–50 %: longer-halted vCPUs, colder caches).
 pub const HANDOFF_LOAD: f64 = 0.2;
 
 /// The mechanisms whose handoffs [`handoffs`] measures: all of them (`herd`: the first of
@@ -800,16 +805,11 @@ pub fn handoff_key(m: crate::Mechanism, place: &str) -> String {
 pub fn handoffs(w: &WorkloadSpec, out: &mut Vec<Baseline>, progress: &mut impl FnMut(&str)) {
     for m in HANDOFF_MECHANISMS {
         progress(&handoff_key(m, "same"));
-        let mut cfg = crate::harness::Config {
-            servers: w.cpus.len().max(1),
-            workers: w.workers.max(1),
-            cpus: w.cpus.clone(),
-            pin_workers: false,
-            load: HANDOFF_LOAD,
-            compute_ns: w.compute_ns.max(1),
-            duration_ns: w.duration_ns.saturating_mul(2),
-            seed: w.seed ^ 0x5eed,
-        };
+        let mut cfg = w.config(
+            HANDOFF_LOAD,
+            w.duration_ns.saturating_mul(2),
+            w.seed ^ 0x5eed,
+        );
         // [clean, all events] x [same CPU, other CPU]. Short runs (`--quick`, or a slow
         // build such as the AddressSanitizer one) may see few clean handoffs of a kind: run
         // again, up to HANDOFF_RUNS times, until each kind has HANDOFF_MIN.
@@ -830,10 +830,8 @@ pub fn handoffs(w: &WorkloadSpec, out: &mut Vec<Baseline>, progress: &mut impl F
             .into_iter()
             .enumerate()
             {
-                let mut cross = all.clone();
-                let _ = cross.subtract(same);
                 let _ = h[i][0].add(same);
-                let _ = h[i][1].add(&cross);
+                let _ = h[i][1].add(crate::harness::others(all, same));
             }
             if h[0].iter().all(|x| x.len() >= HANDOFF_MIN) {
                 break;

@@ -511,8 +511,9 @@ fn compare(a: &CompareArgs) -> Result<(), Failure> {
 const TARGET_PCT: f64 = 25.0;
 
 /// Why a validation point does not count against the target, if it does not: the real run
-/// fell behind its open-loop schedule ([`RunResult::kept_schedule`]), or the model's CPU
-/// demand reaches the capacity (both then measure queue growth over the run's length).
+/// stalled (work conservation failed, or the drain needed rescues), or fell behind its
+/// open-loop schedule ([`RunResult::kept_schedule`]), or the model's CPU demand reaches the
+/// capacity (the last two then measure queue growth over the run's length).
 fn excluded(r: &RunResult, m: &Prediction) -> Option<&'static str> {
     if r.stalls > 0 || r.rescues > 0 {
         Some("the real run stalled")

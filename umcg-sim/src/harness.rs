@@ -214,8 +214,7 @@ impl RunResult {
 /// p50 (µs, 0 if none) of `same` (the events started on their worker's CPU, a subset of
 /// `all`, both in ns) and of the rest of `all`.
 pub fn p50_same_cross_us(all: &Histogram<u64>, same: &Histogram<u64>) -> (f64, f64) {
-    let mut cross = all.clone();
-    let _ = cross.subtract(same);
+    let cross = others(all, same);
     let q = |h: &Histogram<u64>| {
         if h.is_empty() {
             0.0
@@ -224,6 +223,13 @@ pub fn p50_same_cross_us(all: &Histogram<u64>, same: &Histogram<u64>) -> (f64, f
         }
     };
     (q(same), q(&cross))
+}
+
+/// `all` without `same` (a subset of it): the events not started on their worker's CPU.
+pub fn others(all: &Histogram<u64>, same: &Histogram<u64>) -> Histogram<u64> {
+    let mut cross = all.clone();
+    let _ = cross.subtract(same);
+    cross
 }
 
 /// A fresh latency histogram: 1 ns … 10 s, 3 significant digits.

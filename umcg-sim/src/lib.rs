@@ -744,9 +744,10 @@ impl SlotHandoff {
 
     /// Take server `server` out of the slot or the stack, whichever holds it, and make it
     /// RUNNING (a concurrent taker that claimed it first finds RUNNING and gives up).
-    /// Returns true if a waker had taken it from the slot already: the slot is then empty
-    /// and nobody else will refill it, so the caller must rotate as a woken server does.
-    fn leave(&self, server: usize) -> bool {
+    /// If a waker had taken it from the slot already (its wake then finds RUNNING), the slot
+    /// is empty and nobody else will refill it: this server is the woken one the waker
+    /// meant, so it rotates as a woken server does. Returns whether it was taken.
+    fn leave(&self, server: usize, work: &dyn Work) -> bool {
         let id = Self::id(server);
         let taken = {
             let mut st = self.stack();
@@ -764,6 +765,9 @@ impl SlotHandoff {
             Ordering::AcqRel,
             Ordering::Acquire,
         ); // IDLE=>RUNNING
+        if taken {
+            self.rotate(work);
+        }
         taken
     }
 
@@ -839,11 +843,7 @@ impl IdleWakeup for SlotHandoff {
         self.announce(id);
         fence(Ordering::SeqCst);
         if work.pending() || work.stopping() {
-            if self.leave(server) {
-                // A waker took us from the slot and its wake found us RUNNING: we are the
-                // woken server it meant, so we rotate.
-                self.rotate(work);
-            }
+            self.leave(server, work);
             return Idle::Recheck;
         }
         loop {
@@ -851,9 +851,7 @@ impl IdleWakeup for SlotHandoff {
                 return Idle::Woken;
             }
             if work.stopping() {
-                if self.leave(server) {
-                    self.rotate(work);
-                }
+                self.leave(server, work);
                 return Idle::Stopped;
             }
             let _ = sys::futex_wait(st, UMCG_TASK_IDLE, None);
@@ -960,16 +958,15 @@ mod tests {
         assert_eq!(*h.stack(), vec![2]);
         let taken = h.slot.take();
         assert_eq!(taken, Some(1));
-        assert!(h.leave(0), "server 1 was taken from the slot");
+        assert!(h.leave(0, &NoWork), "server 1 was taken from the slot");
         assert_eq!(h.wake_id(1), Wake::Raced);
-        h.rotate(&NoWork);
         assert!(h.stack().is_empty());
         assert_eq!(h.slot.take(), Some(2));
         // A server that leaves from the stack or the slot itself was not taken.
         let h = SlotHandoff::new(2);
         h.announce(1);
         h.announce(2);
-        assert!(!h.leave(0) && !h.leave(1));
+        assert!(!h.leave(0, &NoWork) && !h.leave(1, &NoWork));
         assert!(h.stack().is_empty() && h.slot.take().is_none());
     }
 

@@ -80,7 +80,7 @@ fn calibrate_then_model_quick() {
     // Every key, the handoffs as distributions measured in the harness.
     let text = std::fs::read_to_string(out.join("calibration.txt")).unwrap();
     let cal = umcg_sim::model::Calibration::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    for key in umcg_sim::model::Calibration::DISTS {
+    for key in umcg_sim::model::Calibration::dist_keys() {
         let q = cal.quantiles(key);
         assert!(
             q[0] > 0.0 && q.windows(2).all(|w| w[0] <= w[1]),

@@ -7,8 +7,8 @@
 //! (percent).
 //!
 //! Format: one `key = value` per line; `#` starts a comment; blank lines are ignored; values
-//! are non-negative decimal numbers. A distribution key ([`Calibration::DISTS`]: the
-//! mechanisms' handoffs) holds seven values instead, the latency at the quantiles of
+//! are non-negative decimal numbers. A distribution key ([`Calibration::dist_keys`]:
+//! the mechanisms' handoffs) holds seven values instead, the latency at the quantiles of
 //! [`QUANTILES`] (p1 p10 p25 p50 p75 p90 p99), non-decreasing; the model samples it by inverse
 //! CDF, linear between those points. Unknown keys are an error (a typo would otherwise
 //! silently fall back), and so is a missing key.
@@ -118,8 +118,8 @@ impl Calibration {
         (
             "handoff_list_same",
             "list: an unblocking worker wakes an idle server on its own CPU: latency from its \
-             timestamp to the server starting it, in the harness at 5 % load (the workload's \
-             own conditions; baseline::handoffs)",
+             timestamp to the server starting it, clean handoffs of the harness at 20 % load \
+             (the workload's own conditions; baseline::handoffs)",
         ),
         (
             "handoff_list_cross",
@@ -213,7 +213,7 @@ impl Calibration {
         (
             "adopt_path",
             "adopt: an unblocking worker claims its own CPU's idle server and starts at once: \
-             latency from its timestamp to its start, in the harness at 5 % load",
+             latency from its timestamp to its start, in the harness at 20 % load",
         ),
         (
             "migrate_lat",
@@ -239,20 +239,14 @@ impl Calibration {
         ("workload_cpu_90", "same, 90 % load"),
     ];
 
-    /// The keys whose value is a distribution ([`QUANTILES`]).
-    pub const DISTS: [&'static str; 11] = [
-        "handoff_list_same",
-        "handoff_list_cross",
-        "handoff_epoll-excl_same",
-        "handoff_epoll-excl_cross",
-        "handoff_eventfd-per-server_same",
-        "handoff_eventfd-per-server_cross",
-        "handoff_slot_same",
-        "handoff_slot_cross",
-        "handoff_herd_same",
-        "handoff_herd_cross",
-        "adopt_path",
-    ];
+    /// The keys whose value is a distribution ([`QUANTILES`]): those read from a
+    /// distribution baseline.
+    pub fn dist_keys() -> impl Iterator<Item = &'static str> {
+        SOURCES
+            .iter()
+            .filter(|(_, _, f)| *f == Fig::Dist)
+            .map(|&(k, _, _)| k)
+    }
 
     /// The value of `key` (the median of a distribution key); 0 for a key that is not in
     /// [`Calibration::KEYS`].
@@ -502,7 +496,7 @@ impl Calibration {
                     .ok_or_else(|| format!("line {}: `{x}` is not a non-negative number", n + 1))?;
                 vals.push(val);
             }
-            let want = if Self::DISTS.contains(&key) {
+            let want = if Self::dist_keys().any(|d| d == key) {
                 QUANTILES.len()
             } else {
                 1

@@ -18,7 +18,7 @@
 //!    - `list`, `eventfd-per-server`: pops the most recently idled server (LIFO) and wakes
 //!      it through a futex (resp. its own eventfd behind epoll). The latency is a draw from
 //!      the mechanism's measured handoff (`handoff_<mechanism>_same` or `_cross`: the clean
-//!      handoffs of a harness run at 20 % load, [`Calibration::DISTS`]) to a server on the
+//!      handoffs of a harness run at 20 % load, [`Calibration::dist_keys`]) to a server on the
 //!      same CPU or on another, idle (halted) one; the waker's call and the wakee's CPU are
 //!      the one-sleeper futex (resp. epoll) figures;
 //!    - `slot`: wakes the slot holder if the slot is full; the woken server rotates the next
